@@ -1,0 +1,466 @@
+"""The run configuration: one typed, frozen tree that is the schema of every run.
+
+YAML is only how the tree is written down. Every field carries a one-line help text (printed by
+`harness config`), types and ranges are checked by pydantic, and the few rules that tie two fields
+together live in `RunConfig._check_combinations`. Any violation surfaces as a `ConfigError` whose
+message is one line naming the field, the value and what is allowed.
+
+Sections that change the outcome of a run (corpus, tokenizer, data, model, optim, budget, seed) are
+hashed into the run id; `impl` (speed only) and `logging` are not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PackingMode = Literal["segment_pair", "sentence_pair", "full_sentences", "doc_sentences"]
+PAIR_PACKINGS = ("segment_pair", "sentence_pair")
+SizePreset = Literal["tiny", "mini", "small", "medium", "base", "large"]
+
+
+class ConfigError(ValueError):
+    """A config value that is not allowed; the message is one line meant for the user."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class CorpusConfig(_Section):
+    layout: Literal["wikitext", "jsonl", "text_dir"] = Field(
+        "wikitext",
+        description="wikitext: articles start at ' = Title = ' lines; jsonl: one document per record; "
+        "text_dir: a folder of one-document-per-file texts",
+    )
+    path: str | None = Field(
+        "corpora/wikitext-2-raw/wiki.valid.raw",
+        description="local file or folder: absolute, relative to the working dir, or to --data-dir/HARNESS_DATA_DIR",
+    )
+    hub: str | None = Field(
+        None, description="Hugging Face hub dataset instead of path, e.g. Salesforce/wikitext (needs network)"
+    )
+    hub_config: str | None = Field(None, description="hub dataset configuration, e.g. wikitext-103-raw-v1")
+    hub_split: str = Field("train", description="hub dataset split to read")
+    text_field: str = Field("text", description="record field holding the text (jsonl and hub layouts)")
+    segmenter: Literal["pysbd", "newline"] = Field(
+        "pysbd", description="sentence splitter: pysbd (rule-based, English) or newline (one sentence per line)"
+    )
+    validation_fraction: float = Field(
+        0.05, ge=0.0, lt=1.0, description="fraction of documents held out for validation (at least one if > 0)"
+    )
+    max_documents: int | None = Field(
+        None, ge=1, description="use only the first N documents (smoke runs); null = all"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CorpusConfig:
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("set exactly one of corpus.path and corpus.hub")
+        if self.hub is not None and self.layout == "text_dir":
+            raise ValueError("layout 'text_dir' reads a local folder; with corpus.hub use 'wikitext' or 'jsonl'")
+        return self
+
+
+class TokenizerConfig(_Section):
+    kind: Literal["bpe", "wordpiece"] = Field(
+        "bpe", description="bpe: byte-level BPE with <s> </s> (RoBERTa); wordpiece: [CLS] [SEP] (BERT)"
+    )
+    vocab_size: int = Field(8192, ge=300, le=1_000_000, description="vocabulary size (paper: 50K BPE, 30K WordPiece)")
+    lowercase: bool = Field(False, description="lowercase text before tokenizing (BERT-uncased style)")
+    min_frequency: int = Field(2, ge=1, description="minimum pair/word frequency when training the tokenizer")
+    path: str | None = Field(
+        None, description="load this saved tokenizer directory instead of training one (kind must match)"
+    )
+
+
+class DataConfig(_Section):
+    max_seq_length: int = Field(128, ge=3, le=8192, description="maximum tokens per input, special tokens included")
+    packing: PackingMode = Field(
+        "full_sentences",
+        description="segment_pair | sentence_pair | full_sentences | doc_sentences (paper section 4.2)",
+    )
+    short_seq_prob: float = Field(
+        0.1, ge=0.0, le=1.0, description="segment_pair only: probability of a shorter random target length (Google)"
+    )
+    nsp: bool = Field(False, description="next-sentence prediction: pair packings only; B is random half the time")
+    segment_embeddings: bool = Field(
+        False, description="feed token_type_ids (segment A=0, B=1) through a 2-row segment embedding"
+    )
+    masking: Literal["dynamic", "static"] = Field(
+        "dynamic", description="dynamic: fresh mask per epoch (RoBERTa); static: dupe_factor fixed copies (BERT)"
+    )
+    dupe_factor: int = Field(10, ge=1, description="static masking: number of differently masked copies of the data")
+    mask_prob: float = Field(0.15, gt=0.0, lt=1.0, description="fraction of non-special tokens chosen for prediction")
+    mask_token_fraction: float = Field(0.8, ge=0.0, le=1.0, description="of the chosen tokens: replaced by the mask token")
+    random_token_fraction: float = Field(
+        0.1, ge=0.0, le=1.0, description="of the chosen tokens: replaced by a random non-special token"
+    )
+    mask_count: Literal["fairseq", "google", "bernoulli"] = Field(
+        "fairseq",
+        description="how many tokens to choose: fairseq int(p*n+U[0,1)); google max(1,round(p*n)); bernoulli per token",
+    )
+    max_predictions_per_seq: int | None = Field(
+        None, ge=1, description="cap on chosen tokens per sequence (Google's max_predictions_per_seq); null = none"
+    )
+    whole_word_masking: bool = Field(False, description="choose whole words: all pieces of a word or none")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> DataConfig:
+        if self.mask_token_fraction + self.random_token_fraction > 1.0 + 1e-9:
+            raise ValueError(
+                f"data.mask_token_fraction + data.random_token_fraction = "
+                f"{self.mask_token_fraction + self.random_token_fraction:g}; allowed: at most 1"
+            )
+        return self
+
+
+# Model sizes: (layers, hidden, heads, intermediate). base is the paper's BERT-base.
+MODEL_SIZES: dict[str, tuple[int, int, int, int]] = {
+    "tiny": (2, 128, 2, 512),
+    "mini": (4, 256, 4, 1024),
+    "small": (4, 512, 8, 2048),
+    "medium": (8, 512, 8, 2048),
+    "base": (12, 768, 12, 3072),
+    "large": (24, 1024, 16, 4096),
+}
+
+
+class ModelConfig(_Section):
+    family: Literal["bert", "roberta"] = Field(
+        "roberta", description="transformers model class: bert (BertForPreTraining) or roberta (RobertaForMaskedLM)"
+    )
+    size: SizePreset = Field("tiny", description="tiny | mini | small | medium | base (paper) | large")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="hidden and attention dropout")
+
+    @property
+    def layers(self) -> int:
+        return MODEL_SIZES[self.size][0]
+
+    @property
+    def hidden(self) -> int:
+        return MODEL_SIZES[self.size][1]
+
+    @property
+    def heads(self) -> int:
+        return MODEL_SIZES[self.size][2]
+
+    @property
+    def intermediate(self) -> int:
+        return MODEL_SIZES[self.size][3]
+
+
+class OptimConfig(_Section):
+    peak_lr: float = Field(5e-4, gt=0.0, lt=1.0, description="peak learning rate after warm-up")
+    betas: tuple[float, float] = Field((0.9, 0.98), description="Adam betas (paper: 0.999, 0.98 for large batches)")
+    eps: float = Field(1e-6, gt=0.0, lt=1.0, description="Adam epsilon")
+    weight_decay: float = Field(0.01, ge=0.0, lt=1.0, description="decoupled weight decay (not on biases, LayerNorm)")
+    warmup_fraction: float = Field(0.06, ge=0.0, lt=1.0, description="fraction of the update budget spent warming up")
+    schedule: Literal["linear", "constant"] = Field(
+        "linear", description="after warm-up: linear decay to 0, or constant"
+    )
+    batch_size: int = Field(32, ge=1, description="sequences per optimizer update (effective batch)")
+    batch_tokens: int | None = Field(
+        None, ge=1, description="if set, build each update from this many tokens instead of batch_size sequences"
+    )
+    clip_grad_norm: float = Field(1.0, ge=0.0, description="gradient clipping max norm; 0 = off")
+
+    @model_validator(mode="after")
+    def _betas(self) -> OptimConfig:
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"optim.betas = {list(self.betas)}; allowed: two numbers in [0, 1)")
+        return self
+
+
+class BudgetConfig(_Section):
+    max_steps: int | None = Field(200, ge=1, description="optimizer updates to train for (set this or max_tokens)")
+    max_tokens: int | None = Field(None, ge=1, description="input tokens to train on (set this or max_steps)")
+    val_every_steps: int = Field(50, ge=1, description="run held-out MLM evaluation every N updates")
+    val_max_examples: int | None = Field(512, ge=1, description="cap on validation examples; null = all")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> BudgetConfig:
+        if (self.max_steps is None) == (self.max_tokens is None):
+            raise ValueError("set exactly one of budget.max_steps and budget.max_tokens")
+        return self
+
+
+class ImplConfig(_Section):
+    """Settings that change only speed, never the result: not part of the run id."""
+
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="sequences per forward pass per device; updates accumulate to optim.batch_size"
+    )
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    num_proc: int | None = Field(None, ge=1, description="processes for datasets.map when tokenizing; null = 1")
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = Field(
+        "32-true", description="Lightning precision: 32-true on CPU, bf16-mixed on recent GPUs"
+    )
+    compile: bool = Field(False, description="torch.compile the model")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads; null = torch default")
+    accelerator: Literal["auto", "cpu", "gpu"] = Field("auto", description="Lightning accelerator")
+    devices: int = Field(1, ge=1, description="devices (processes) per machine")
+    strategy: Literal["auto", "ddp", "fsdp", "deepspeed"] = Field("auto", description="Lightning strategy")
+    cache_dir: str | None = Field(
+        None, description="cache for tokenizers and tokenized corpora; null = $HARNESS_CACHE_DIR or ~/.cache/harness"
+    )
+
+
+class LoggingConfig(_Section):
+    wandb: bool = Field(True, description="also log to Weights & Biases (CSV is always written)")
+    wandb_mode: Literal["offline", "online", "disabled"] = Field(
+        "offline", description="offline never needs a login; run `wandb sync` later to upload"
+    )
+    wandb_project: str = Field("harness", description="wandb project name")
+    log_every_steps: int = Field(10, ge=1, description="log training metrics every N updates")
+
+
+OUTCOME_SECTIONS = ("seed", "corpus", "tokenizer", "data", "model", "optim", "budget")
+
+
+class RunConfig(_Section):
+    experiment: str = Field("quickstart", min_length=1, description="experiment name: results/<experiment>/")
+    name: str | None = Field(None, description="run name; null = derived from the recipe toggles")
+    seed: int = Field(0, ge=0, description="seed for data order, masks, NSP negatives and initialisation")
+    corpus: CorpusConfig = CorpusConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    budget: BudgetConfig = BudgetConfig()
+    impl: ImplConfig = ImplConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> RunConfig:
+        d = self.data
+        if d.nsp and d.packing not in PAIR_PACKINGS:
+            raise ValueError(
+                f"data.nsp = true with data.packing = '{d.packing}': a single-segment input has no pair to judge; "
+                f"allowed: nsp with {' or '.join(PAIR_PACKINGS)}"
+            )
+        if d.nsp and self.model.family == "roberta":
+            raise ValueError(
+                "data.nsp = true with model.family = 'roberta': RobertaForMaskedLM has no NSP head; "
+                "allowed: model.family = 'bert' for NSP"
+            )
+        specials = special_token_count(self.tokenizer.kind, d.packing)
+        segments = 2 if d.packing in PAIR_PACKINGS else 1
+        if d.max_seq_length < specials + segments:
+            raise ValueError(
+                f"data.max_seq_length = {d.max_seq_length}; '{d.packing}' with {self.tokenizer.kind} needs "
+                f"{specials} special tokens + {segments} content token(s): allowed: >= {specials + segments}"
+            )
+        micro, per_update = self.impl.micro_batch_size, self.optim.batch_size
+        if micro is not None and self.optim.batch_tokens is None and per_update % (micro * self.impl.devices):
+            raise ValueError(
+                f"impl.micro_batch_size = {micro} x impl.devices = {self.impl.devices} does not divide "
+                f"optim.batch_size = {per_update}; allowed: a divisor of {per_update // self.impl.devices or 1}"
+            )
+        return self
+
+    # Derived values live here as methods so every consumer computes them the same way.
+    def grad_accumulation(self) -> int:
+        micro = self.impl.micro_batch_size or self.optim.batch_size
+        return max(1, self.optim.batch_size // (micro * self.impl.devices))
+
+    def run_id(self) -> str:
+        """Hash of the outcome-affecting fields only: equal ids mean equal experiments."""
+        dumped = self.model_dump(mode="json")
+        outcome = {key: dumped[key] for key in OUTCOME_SECTIONS}
+        return hashlib.sha256(json.dumps(outcome, sort_keys=True).encode()).hexdigest()[:10]
+
+    def run_name(self) -> str:
+        if self.name:
+            return self.name
+        d = self.data
+        parts = [self.model.family, self.model.size, d.packing, "nsp" if d.nsp else "nonsp", d.masking,
+                 f"bs{self.optim.batch_tokens or self.optim.batch_size}{'tok' if self.optim.batch_tokens else ''}"]
+        return "-".join(parts)
+
+
+def special_token_count(tokenizer_kind: str, packing: str) -> int:
+    """Special tokens one input needs: BERT [CLS] A [SEP] B [SEP]; RoBERTa <s> A </s></s> B </s>."""
+    if packing not in PAIR_PACKINGS:
+        return 2
+    return 3 if tokenizer_kind == "wordpiece" else 4
+
+
+# ---- presets ---------------------------------------------------------------------------------------------
+# A preset is a set of overrides on the defaults: the model size plus the settings that make sense at that
+# scale. CPU presets finish in minutes; base/large are the paper's shapes, meant for GPUs.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"model.size": "tiny", "data.max_seq_length": 128, "tokenizer.vocab_size": 8192,
+             "optim.batch_size": 32, "optim.peak_lr": 1e-3, "budget.max_steps": 200},
+    "mini": {"model.size": "mini", "data.max_seq_length": 128, "tokenizer.vocab_size": 8192,
+             "optim.batch_size": 32, "optim.peak_lr": 5e-4, "budget.max_steps": 1000},
+    "small": {"model.size": "small", "data.max_seq_length": 256, "tokenizer.vocab_size": 16384,
+              "optim.batch_size": 128, "optim.peak_lr": 5e-4, "budget.max_steps": 10_000,
+              "impl.precision": "bf16-mixed"},
+    "medium": {"model.size": "medium", "data.max_seq_length": 512, "tokenizer.vocab_size": 32768,
+               "optim.batch_size": 256, "optim.peak_lr": 3e-4, "budget.max_steps": 50_000,
+               "impl.precision": "bf16-mixed"},
+    "base": {"model.size": "base", "data.max_seq_length": 512, "tokenizer.vocab_size": 50_265,
+             "optim.batch_size": 256, "optim.peak_lr": 1e-4, "optim.betas": [0.9, 0.999],
+             "optim.warmup_fraction": 0.01, "budget.max_steps": 1_000_000, "impl.precision": "bf16-mixed"},
+    "large": {"model.size": "large", "data.max_seq_length": 512, "tokenizer.vocab_size": 50_265,
+              "optim.batch_size": 8192, "optim.peak_lr": 1e-3, "optim.warmup_fraction": 0.06,
+              "budget.max_steps": 500_000, "impl.precision": "bf16-mixed"},
+}
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return f"unknown config field '{loc}'"
+    if not loc:  # a cross-field rule: its message already names the fields
+        return msg
+    value = first.get("input")
+    if isinstance(value, dict):  # a section-level rule: the message names the fields
+        return msg
+    return f"config field '{loc}' = {value!r}: {msg}"
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"a run config must be a mapping of sections, got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def to_dict(config: RunConfig) -> dict[str, Any]:
+    return config.model_dump(mode="json")
+
+
+def _parse_scalar(text: str) -> Any:
+    """YAML 1.1 reads '1e-4' as a string; accept the float spelling users expect."""
+    value = yaml.safe_load(text) if text.strip() else None
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _coerce_floats(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _coerce_floats(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_coerce_floats(v) for v in node]
+    if isinstance(node, str):
+        return _parse_scalar(node) if _looks_numeric(node) else node
+    return node
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set '{dotted}': '{key}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `dotted.key=value` strings (values parsed as YAML) to a plain config dict."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' is not of the form dotted.key=value")
+        set_dotted(data, key.strip(), _parse_scalar(raw))
+    return data
+
+
+def preset_dict(preset: str) -> dict[str, Any]:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}'; allowed: {', '.join(PRESETS)}")
+    data: dict[str, Any] = {}
+    for key, value in PRESETS[preset].items():
+        set_dotted(data, key, value)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                preset: str | None = None) -> RunConfig:
+    """Preset (optional) < file (optional) < overrides, validated once at the end."""
+    data: dict[str, Any] = preset_dict(preset) if preset else {}
+    if path is not None:
+        data = _deep_merge(data, read_yaml(path))
+    return from_dict(apply_overrides(data, list(overrides or [])))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {err.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of sections at the top level")
+    return _coerce_floats(data)
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def dump_yaml(config: RunConfig, with_help: bool = False) -> str:
+    """YAML text that loads back to an equal config; with_help adds each field's help as a comment."""
+    if not with_help:
+        return yaml.safe_dump(to_dict(config), sort_keys=False)
+    lines: list[str] = []
+    _emit_section(config, lines, indent="")
+    return "\n".join(lines) + "\n"
+
+
+def _emit_section(section: BaseModel, lines: list[str], indent: str) -> None:
+    for name, info in type(section).model_fields.items():
+        value = getattr(section, name)
+        if isinstance(value, BaseModel):
+            doc = (type(value).__doc__ or "").strip().splitlines()
+            lines.append(f"{indent}{name}:" + (f"  # {doc[0]}" if doc and doc[0] else ""))
+            _emit_section(value, lines, indent + "  ")
+            continue
+        plain = list(value) if isinstance(value, tuple) else value
+        scalar = yaml.safe_dump(plain, default_flow_style=True).strip().removesuffix("\n...").strip()
+        lines.append(f"{indent}{name}: {scalar}  # {info.description or ''}".rstrip())
+
+
+def write_yaml(config: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(dump_yaml(config), encoding="utf-8")
