@@ -24,7 +24,12 @@ PAIR_PACKINGS = ("segment_pair", "sentence_pair")
 SizePreset = Literal["tiny", "mini", "small", "medium", "base", "large"]
 
 
-class ConfigError(ValueError):
+class HarnessError(ValueError):
+    """An error caused by the user's input (config, data, run directory): the CLI prints its one-line
+    message instead of a traceback."""
+
+
+class ConfigError(HarnessError):
     """A config value that is not allowed; the message is one line meant for the user."""
 
 

@@ -1,0 +1,91 @@
+"""The `harness` command line. Each subcommand parses its arguments, builds and validates the run config,
+then calls one typed function; heavy libraries are imported inside the commands so `--help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from harness.config import PRESETS, HarnessError, RunConfig, dump_yaml, load_config
+
+
+def _add_config_args(parser: argparse.ArgumentParser, *, data: bool = True) -> None:
+    parser.add_argument("--config", type=Path, help="run config YAML (start from `harness config`)")
+    parser.add_argument("--preset", choices=list(PRESETS), help="start from a size preset; the file and --set win")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one field, e.g. --set data.packing=doc_sentences (repeatable)")
+    if data:
+        parser.add_argument("--data-dir", type=Path, default=None,
+                            help="root for relative data paths (default: $HARNESS_DATA_DIR)")
+
+
+def _config_from(args: argparse.Namespace) -> RunConfig:
+    return load_config(args.config, args.overrides, preset=args.preset)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    config = _config_from(args)
+    print(dump_yaml(config, with_help=not args.plain), end="")
+    print(f"# run id: {config.run_id()}  run name: {config.run_name()}", file=sys.stderr)
+    return 0
+
+
+def cmd_tokenizer(args: argparse.Namespace) -> int:
+    from harness.data.tokenizer import build_tokenizer
+
+    config = _config_from(args)
+    tokenizer, path = build_tokenizer(config, args.data_dir)
+    print(f"{type(tokenizer).__name__} with {len(tokenizer)} tokens saved at {path}")
+    return 0
+
+
+def cmd_corpus(args: argparse.Namespace) -> int:
+    from harness.data.corpus import build_corpus
+
+    config = _config_from(args)
+    corpus = build_corpus(config, args.data_dir)
+    print(json.dumps(corpus.stats(), indent=2, default=str))
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    """The quickstart study. For now: build the tokenizer and the tokenized corpus and print statistics."""
+    return cmd_corpus(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harness",
+        description="Reproduce and extend the RoBERTa pre-training ablations (masking, NSP, input packing, "
+        "batch size, tokenizer) with Lightning.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands: list[tuple[str, Callable[[argparse.Namespace], int], str]] = [
+        ("config", cmd_config, "print the complete run config (every field with its help) as YAML"),
+        ("tokenizer", cmd_tokenizer, "train (or load from cache) the tokenizer a config asks for"),
+        ("corpus", cmd_corpus, "load, segment, tokenize and cache a corpus; print statistics"),
+        ("quickstart", cmd_quickstart, "run the quickstart study"),
+    ]
+    for name, func, help_text in commands:
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        _add_config_args(command, data=name != "config")
+        if name == "config":
+            command.add_argument("--plain", action="store_true", help="omit the help comments")
+        command.set_defaults(func=func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except HarnessError as err:
+        print(f"harness {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
