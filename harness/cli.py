@@ -51,6 +51,26 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect_data(args: argparse.Namespace) -> int:
+    from harness.data.inspect import inspect_data
+
+    config = _config_from(args)
+    stats = inspect_data(config, batches=args.batches, out=args.out, epochs=args.epochs, data_dir=args.data_dir,
+                         show=args.show)
+    print(json.dumps(stats, indent=2))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from harness.train import pretrain
+
+    config = _config_from(args)
+    metrics = pretrain(config, args.data_dir, args.results)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """The quickstart study. For now: build the tokenizer and the tokenized corpus and print statistics."""
     return cmd_corpus(args)
@@ -67,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("config", cmd_config, "print the complete run config (every field with its help) as YAML"),
         ("tokenizer", cmd_tokenizer, "train (or load from cache) the tokenizer a config asks for"),
         ("corpus", cmd_corpus, "load, segment, tokenize and cache a corpus; print statistics"),
+        ("inspect-data", cmd_inspect_data, "write the exact training batches as JSON lines, show and measure them"),
+        ("pretrain", cmd_pretrain, "pre-train one run into results/<experiment>/runs/ (resumes if interrupted)"),
         ("quickstart", cmd_quickstart, "run the quickstart study"),
     ]
     for name, func, help_text in commands:
@@ -74,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(command, data=name != "config")
         if name == "config":
             command.add_argument("--plain", action="store_true", help="omit the help comments")
+        if name == "inspect-data":
+            command.add_argument("--batches", type=int, default=4, help="batches per epoch to write")
+            command.add_argument("--epochs", type=int, default=1, help="epochs to write (masks differ by epoch)")
+            command.add_argument("--out", type=Path, default=Path("batches.jsonl"), help="JSON lines output file")
+            command.add_argument("--show", type=int, default=3, help="examples to print decoded")
+        if name in ("pretrain", "quickstart"):
+            command.add_argument("--results", type=Path, default=Path("results"), help="results root folder")
         command.set_defaults(func=func)
     return parser
 

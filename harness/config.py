@@ -214,6 +214,8 @@ class ImplConfig(_Section):
     cache_dir: str | None = Field(
         None, description="cache for tokenizers and tokenized corpora; null = $HARNESS_CACHE_DIR or ~/.cache/harness"
     )
+    checkpoint_every_steps: int = Field(50, ge=1, description="save checkpoints/last.ckpt every N updates (resume)")
+    progress_bar: bool = Field(True, description="show Lightning's progress bar")
 
 
 class LoggingConfig(_Section):

@@ -1,0 +1,109 @@
+"""`pretrain`: one run from config to a finished run directory, resumable at any point.
+
+Identity lives in the run directory (harness.runs): a finished run is returned as it is, a half-finished one
+continues from its last checkpoint with the same data order, masks and dropout, a directory holding another
+config is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, Logger
+
+from harness.config import RunConfig
+from harness.recipe import build_datamodule, build_module, resolve_recipe, tokens_per_update
+from harness.runs import RunDir, prepare_run_dir, read_final_metrics, write_final_metrics
+
+EXPORT_DIR = "model"
+
+
+class StepSeededDropout(Callback):
+    """Seeds torch's generator from (seed, update, micro-batch, rank) before every micro-batch, as fairseq does
+    per update: dropout becomes a pure function of the position in training, so a resumed run draws exactly
+    what the uninterrupted run drew, whatever happened in between (validation, a new DataLoader iterator)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any, batch_idx: int):
+        torch.manual_seed(hash((self.seed, trainer.global_step, batch_idx, trainer.global_rank)) & (2**63 - 1))
+
+
+def _loggers(config: RunConfig, run: RunDir) -> list[Logger]:
+    loggers: list[Logger] = [CSVLogger(save_dir=str(run.path), name="", version="logs")]
+    log = config.logging
+    if log.wandb and log.wandb_mode != "disabled":
+        from pytorch_lightning.loggers import WandbLogger
+
+        # offline unless asked otherwise: no login prompt, no network; `wandb sync <dir>` uploads later.
+        loggers.append(WandbLogger(project=log.wandb_project, name=run.path.name, id=config.run_id(),
+                                   save_dir=str(run.path), offline=log.wandb_mode == "offline", resume="allow",
+                                   config=json.loads(json.dumps(config.model_dump(mode="json")))))
+    return loggers
+
+
+def build_trainer(config: RunConfig, run: RunDir, recipe: Any, extra_callbacks: list[Callback] = ()) -> pl.Trainer:
+    impl = config.impl
+    checkpoint = ModelCheckpoint(dirpath=str(run.checkpoint_dir), save_last=True, save_top_k=0,
+                                 every_n_train_steps=impl.checkpoint_every_steps)
+    return pl.Trainer(
+        max_steps=recipe.total_steps, max_epochs=-1, accumulate_grad_batches=recipe.accumulate,
+        gradient_clip_val=config.optim.clip_grad_norm or None, precision=impl.precision,
+        accelerator=impl.accelerator, devices=impl.devices, strategy=impl.strategy,
+        use_distributed_sampler=False,  # our sampler shards by rank itself (deterministic, resumable)
+        val_check_interval=config.budget.val_every_steps * recipe.accumulate, check_val_every_n_epoch=None,
+        num_sanity_val_steps=0, log_every_n_steps=config.logging.log_every_steps,
+        logger=_loggers(config, run), callbacks=[checkpoint, StepSeededDropout(config.seed), *extra_callbacks],
+        default_root_dir=str(run.path), enable_progress_bar=impl.progress_bar, enable_model_summary=False,
+    )
+
+
+def pretrain(config: RunConfig, data_dir: str | Path | None = None, results_root: str | Path = "results",
+             extra_callbacks: list[Callback] = ()) -> dict[str, Any]:
+    """Train (or resume, or return) the run of `config`; returns its final metrics."""
+    run = prepare_run_dir(config, results_root)
+    if run.done:
+        return read_final_metrics(run)
+    if config.impl.threads:
+        torch.set_num_threads(config.impl.threads)
+    recipe = resolve_recipe(config)
+    pl.seed_everything(config.seed, workers=True, verbose=False)  # initialisation depends only on the seed
+    data = build_datamodule(config, recipe, data_dir)
+    data.prepare_data()
+    data.setup("fit")
+    module = build_module(config, recipe, data)
+    trainer = build_trainer(config, run, recipe, list(extra_callbacks))
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=str(run.last_checkpoint) if run.last_checkpoint else None)
+    seconds = time.perf_counter() - started
+    train_metrics = _last_train_metrics(trainer)  # validate() below replaces the callback metrics
+    validation = trainer.validate(module, datamodule=data, verbose=False)[0]
+    if trainer.global_rank != 0:
+        return {}
+    export = run.path / EXPORT_DIR
+    module.model.save_pretrained(export)
+    data.tokenizer.save_pretrained(export)
+    metrics = {
+        "run_id": config.run_id(), "run_name": config.run_name(), "experiment": config.experiment,
+        "steps": trainer.global_step, "tokens_seen": int(module.tokens_seen.item()),
+        "nominal_tokens_per_update": tokens_per_update(config),
+        "train_examples": len(data.train_examples), "validation_examples": len(data.val_examples),
+        "fit_seconds_this_launch": round(seconds, 2),
+        **{key.replace("/", "_"): float(value) for key, value in validation.items()},
+        **train_metrics,
+        "model_dir": EXPORT_DIR,
+    }
+    write_final_metrics(run, metrics)
+    return metrics
+
+
+def _last_train_metrics(trainer: pl.Trainer) -> dict[str, float]:
+    return {key.replace("/", "_"): float(value) for key, value in trainer.callback_metrics.items()
+            if key.startswith("train/")}
