@@ -102,7 +102,9 @@ class DataConfig(_Section):
     )
     dupe_factor: int = Field(10, ge=1, description="static masking: number of differently masked copies of the data")
     mask_prob: float = Field(0.15, gt=0.0, lt=1.0, description="fraction of non-special tokens chosen for prediction")
-    mask_token_fraction: float = Field(0.8, ge=0.0, le=1.0, description="of the chosen tokens: replaced by the mask token")
+    mask_token_fraction: float = Field(
+        0.8, ge=0.0, le=1.0, description="of the chosen tokens: replaced by the mask token"
+    )
     random_token_fraction: float = Field(
         0.1, ge=0.0, le=1.0, description="of the chosen tokens: replaced by a random non-special token"
     )

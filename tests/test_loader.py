@@ -32,12 +32,13 @@ def test_order_is_a_function_of_seed_and_epoch():
     assert len(sampler) == 7 == len(second)
 
 
-def test_batches_by_tokens_bounds_padded_size():
+def test_batches_by_tokens_follow_the_shuffled_order_and_bound_real_tokens():
     lengths = np.array([5, 9, 3, 8, 2, 10, 1, 7])
-    batches = batches_by_tokens(np.arange(8), lengths, max_tokens=20)
-    assert [list(b) for b in batches] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    order = np.array([7, 6, 5, 4, 3, 2, 1, 0])
+    batches = batches_by_tokens(order, lengths, max_tokens=20)
+    assert [list(b) for b in batches] == [[7, 6, 5, 4], [3, 2, 1], [0]]
     for batch in batches:
-        assert lengths[batch].max() * len(batch) <= 20
+        assert lengths[batch].sum() <= 20
     # an example longer than the budget still gets a batch of its own instead of being dropped
     assert [list(b) for b in batches_by_tokens(np.arange(2), np.array([30, 4]), 20)] == [[0], [1]]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.data.packing import PAIR_PACKINGS, Example, iter_copies
+from harness.data.packing import Example, draws_randomly, iter_copies
 from harness.data.specials import SpecialTokens
 from harness.paths import atomic_dir
 
@@ -57,8 +57,17 @@ class PackedExamples:
                               self.copy[:rows], self.first_document[:rows], self.boundaries[:rows])
 
 
-def examples_to_arrays(copies: list[list[Example]]) -> PackedExamples:
-    rows = [example for examples in copies for example in examples]
+def concatenate(parts: list[PackedExamples]) -> PackedExamples:
+    offsets = [parts[0].offsets]
+    for part in parts[1:]:
+        offsets.append(part.offsets[1:] + offsets[-1][-1])
+    join = {name: np.concatenate([getattr(p, name) for p in parts]) for name in PackedExamples.__dataclass_fields__
+            if name != "offsets"}
+    return PackedExamples(offsets=np.concatenate(offsets), **join)
+
+
+def examples_to_arrays(examples: list[Example], copy: int) -> PackedExamples:
+    rows = examples
     lengths = np.fromiter((len(e.input_ids) for e in rows), dtype=np.int64, count=len(rows))
     offsets = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
@@ -69,8 +78,7 @@ def examples_to_arrays(copies: list[list[Example]]) -> PackedExamples:
         a_lengths=np.fromiter((e.token_type_ids.count(0) for e in rows), dtype=np.int32, count=len(rows)),
         nsp=np.fromiter((NO_NSP if e.nsp_label is None else e.nsp_label for e in rows), dtype=np.int8,
                         count=len(rows)),
-        copy=np.concatenate([np.full(len(examples), k, dtype=np.int16) for k, examples in enumerate(copies)]
-                            or [np.zeros(0, dtype=np.int16)]),
+        copy=np.full(len(rows), copy, dtype=np.int16),
         first_document=np.fromiter((e.documents[0] if e.documents else -1 for e in rows), dtype=np.int32,
                                    count=len(rows)),
         boundaries=np.fromiter((e.boundaries for e in rows), dtype=np.int16, count=len(rows)),
@@ -102,7 +110,7 @@ class PackingPlan:
     @classmethod
     def create(cls, *, packing: str, max_seq_length: int, nsp: bool, short_seq_prob: float, seed: int,
                static_copies: int) -> PackingPlan:
-        randomised = packing in PAIR_PACKINGS
+        randomised = draws_randomly(packing)
         # Deterministic packings give identical copies: store one and let the masks tell the copies apart.
         return cls(packing=packing, max_seq_length=max_seq_length, nsp=nsp,
                    short_seq_prob=short_seq_prob if packing == "segment_pair" else 0.0,
@@ -117,8 +125,10 @@ def build_packed(documents: list[list[list[int]]], plan: PackingPlan, specials: 
                  corpus_key: str) -> PackedExamples:
     """Pack once into `folder` (atomically), or load what an earlier run packed with the same plan."""
     if not folder.exists():
-        copies = list(iter_copies(documents, plan.packing, plan.max_seq_length, specials, plan.nsp,
-                                  plan.short_seq_prob, plan.seed, plan.copies))
+        # Copies are converted to arrays one at a time: dupe_factor copies as Python objects would not fit.
+        copies = iter_copies(documents, plan.packing, plan.max_seq_length, specials, plan.nsp, plan.short_seq_prob,
+                             plan.seed, plan.copies)
+        packed = concatenate([examples_to_arrays(examples, k) for k, examples in enumerate(copies)])
         with atomic_dir(folder) as tmp:
-            _save(examples_to_arrays(copies), tmp, {"corpus": corpus_key, **vars(plan)})
+            _save(packed, tmp, {"corpus": corpus_key, **vars(plan)})
     return load_packed(folder)

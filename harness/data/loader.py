@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, Sampler
 
+from harness.data.packing import batch_by_tokens
+
 Key = tuple[int, int]  # (epoch, example index)
 
 
@@ -30,23 +32,13 @@ def batches_by_count(order: np.ndarray, batch_size: int, drop_last: bool) -> lis
 
 
 def batches_by_tokens(order: np.ndarray, lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
-    """Group consecutive examples (in shuffled order) while count x longest (the padded size) fits max_tokens.
-    Padded size, not real tokens, is what a forward pass costs, so it is what the budget bounds."""
-    batches: list[np.ndarray] = []
-    start, longest = 0, 0
-    for pos, index in enumerate(order):
-        longest_if_added = max(longest, int(lengths[index]))
-        if pos > start and longest_if_added * (pos - start + 1) > max_tokens:
-            batches.append(order[start:pos])
-            start, longest_if_added = pos, int(lengths[index])
-        longest = longest_if_added
-    if start < len(order):
-        batches.append(order[start:])
-    return batches
+    """Consecutive examples of the shuffled order, at most max_tokens real tokens per batch (packing's rule)."""
+    return [order[np.asarray(group)] for group in batch_by_tokens(lengths[order], max_tokens)]
 
 
 class EpochBatchSampler(Sampler[list[Key]]):
-    """Yields lists of (epoch, index) keys: by a fixed number of examples, or by a token budget per batch."""
+    """Yields lists of (epoch, index) keys: by a fixed number of examples, or by a budget of real tokens per batch
+    (the paper keeps tokens per update similar across input formats)."""
 
     def __init__(self, lengths: Sequence[int] | np.ndarray, *, seed: int, shuffle: bool, batch_size: int | None = None,
                  max_tokens: int | None = None, drop_last: bool = False, rank: int = 0, world_size: int = 1) -> None:

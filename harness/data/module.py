@@ -18,7 +18,14 @@ import torch
 from harness.config import RunConfig
 from harness.data.examples import NO_NSP, PackedExamples, PackingPlan, build_packed
 from harness.data.loader import EpochBatchSampler, Key, ResumableDataLoader
-from harness.data.masking import IGNORE_INDEX, fixed_validation_mask, mask_rng, mask_tokens, word_start_table
+from harness.data.masking import (
+    IGNORE_INDEX,
+    fixed_validation_mask,
+    mask_key,
+    mask_rng,
+    mask_tokens,
+    word_start_table,
+)
 from harness.data.specials import SpecialTokens
 from harness.paths import cache_root
 
@@ -41,16 +48,14 @@ class TrainExamples(torch.utils.data.Dataset):
     dupe_factor copies of the data; the mask is keyed by the copy number instead of the epoch, so every pass
     over the data sees the same dupe_factor masks of each sequence (Google's duplicated data)."""
 
-    def __init__(self, packed: PackedExamples, static_copies: int | None) -> None:
-        self.packed = packed
+    def __init__(self, packed: PackedExamples, masking: str, copies: int) -> None:
+        self.packed, self.masking = packed, masking
         stored = np.arange(len(packed))
-        if static_copies is None:
-            self.rows, self.copies = stored, None
-        elif packed.num_copies() > 1:  # re-drawn packings: each stored row already belongs to one copy
+        if packed.num_copies() > 1 or copies == 1:  # each stored row already belongs to one copy
             self.rows, self.copies = stored, np.asarray(packed.copy, dtype=np.int64)
         else:  # one deterministic packing stored: the copies differ only by their masks
-            self.rows = np.tile(stored, static_copies)
-            self.copies = np.repeat(np.arange(static_copies), len(packed))
+            self.rows = np.tile(stored, copies)
+            self.copies = np.repeat(np.arange(copies), len(packed))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -60,8 +65,7 @@ class TrainExamples(torch.utils.data.Dataset):
 
     def __getitem__(self, key: Key) -> tuple[int, int, int]:
         epoch, index = key
-        mask_epoch = epoch if self.copies is None else int(self.copies[index])
-        return mask_epoch, index, int(self.rows[index])
+        return mask_key(self.masking, epoch, int(self.copies[index])), index, int(self.rows[index])
 
 
 class ValidationExamples(torch.utils.data.Dataset):
@@ -174,7 +178,7 @@ class PretrainDataModule(pl.LightningDataModule):
             return
         train, validation = self.build()
         d = self.config.data
-        self.train_examples = TrainExamples(train, d.dupe_factor if d.masking == "static" else None)
+        self.train_examples = TrainExamples(train, d.masking, d.dupe_factor if d.masking == "static" else 1)
         cap = self.config.budget.val_max_examples
         self.val_examples = ValidationExamples(validation.select(cap) if cap else validation)
         self.word_starts = word_start_table(self.tokenizer) if d.whole_word_masking else None
