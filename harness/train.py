@@ -37,7 +37,10 @@ class StepSeededDropout(Callback):
 
 
 def _loggers(config: RunConfig, run: RunDir) -> list[Logger]:
-    loggers: list[Logger] = [CSVLogger(save_dir=str(run.path), name="", version="logs")]
+    # One CSV per launch: Lightning's CSV writer deletes an existing metrics file, and a resumed run must keep
+    # the curves of its earlier launches (harness.runs.read_curves stitches them back together).
+    launch = len(list((run.path / "logs").glob("launch-*")))
+    loggers: list[Logger] = [CSVLogger(save_dir=str(run.path), name="logs", version=f"launch-{launch}")]
     log = config.logging
     if log.wandb and log.wandb_mode != "disabled":
         from pytorch_lightning.loggers import WandbLogger

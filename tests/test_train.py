@@ -1,0 +1,128 @@
+"""End-to-end pre-training on real data: the paper's recipes train, resume exactly, export standard checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from pytorch_lightning.callbacks import Callback
+
+from harness.config import load_config
+from harness.runs import FINAL_METRICS_FILE, read_curves
+from harness.train import EXPORT_DIR, pretrain
+
+BASE = [
+    "corpus.path=corpora/wikitext-2-raw/wiki.valid.raw", "tokenizer.vocab_size=1000", "data.max_seq_length=64",
+    "optim.batch_size=16", "optim.peak_lr=2e-3", "optim.warmup_fraction=0.1", "budget.max_steps=16",
+    "budget.val_every_steps=8", "budget.val_max_examples=64", "impl.checkpoint_every_steps=4",
+    "impl.progress_bar=false", "logging.wandb=false", "impl.num_proc=2", "logging.log_every_steps=1",
+]
+
+# The paper's arms (BERT's recipe and RoBERTa's, and the formats between), not every product of the switches:
+# the model-level tests cover each toggle combination on synthetic batches.
+ARMS = {
+    "bert-segment_pair-nsp-static": ["model.family=bert", "tokenizer.kind=wordpiece", "data.packing=segment_pair",
+                                     "data.nsp=true", "data.segment_embeddings=true", "data.masking=static",
+                                     "data.dupe_factor=2"],
+    "bert-sentence_pair-nsp": ["model.family=bert", "data.packing=sentence_pair", "data.nsp=true",
+                               "data.segment_embeddings=true"],
+    "roberta-full_sentences": ["model.family=roberta", "data.packing=full_sentences"],
+    "roberta-doc_sentences-tokens": ["model.family=roberta", "data.packing=doc_sentences", "optim.batch_tokens=768",
+                                     "data.whole_word_masking=true"],
+}
+
+
+def _curve(run_dir: Path, column: str) -> pd.Series:
+    return read_curves(run_dir)[column].dropna()
+
+
+def _run_dir(results: Path) -> Path:
+    return next(results.glob("*/runs/*"))
+
+
+@pytest.mark.parametrize("arm", list(ARMS))
+def test_paper_arms_train_and_loss_goes_down(arm, shared_data, tmp_path):
+    config = load_config(overrides=BASE + ARMS[arm])
+    metrics = pretrain(config, shared_data, tmp_path)
+    run = _run_dir(tmp_path)
+    assert (run / FINAL_METRICS_FILE).is_file() and metrics["steps"] == 16
+    loss = _curve(run, "train/mlm_loss")
+    assert loss.iloc[-3:].mean() < loss.iloc[:3].mean() - 0.3, loss.tolist()
+    assert metrics["val_mlm_loss"] < 6.9  # ln(1000) = 6.91: below a uniform guess over the vocabulary
+    if config.data.nsp:
+        assert 0.0 <= metrics["val_nsp_acc"] <= 1.0 and "train_nsp_loss" in metrics
+
+
+class KillAt(Callback):
+    """Simulates a crash in the middle of training (after a checkpoint, before the next one)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+def test_killed_run_resumes_to_the_same_result(shared_data, tmp_path):
+    config = load_config(overrides=BASE + ["data.masking=dynamic", "optim.batch_size=16", "impl.micro_batch_size=8",
+                                           "budget.max_steps=12"])
+    uninterrupted = pretrain(config, shared_data, tmp_path / "a")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pretrain(config, shared_data, tmp_path / "b", extra_callbacks=[KillAt(6)])
+    run_b = _run_dir(tmp_path / "b")
+    assert not (run_b / FINAL_METRICS_FILE).exists() and (run_b / "checkpoints" / "last.ckpt").exists()
+    resumed = pretrain(config, shared_data, tmp_path / "b")
+    assert resumed["steps"] == uninterrupted["steps"] == 12
+    assert resumed["tokens_seen"] == uninterrupted["tokens_seen"]
+    assert resumed["val_mlm_loss"] == pytest.approx(uninterrupted["val_mlm_loss"], abs=1e-4)
+    a_curve, b_curve = _curve(_run_dir(tmp_path / "a"), "train/mlm_loss"), _curve(run_b, "train/mlm_loss")
+    assert list(b_curve.index) == list(a_curve.index)  # the first launch's curve survived the resume
+    assert b_curve.to_numpy() == pytest.approx(a_curve.to_numpy(), abs=1e-4)
+    assert len(list((run_b / "logs").glob("launch-*/metrics.csv"))) == 2
+
+
+def test_finished_run_is_returned_not_retrained(shared_data, tmp_path):
+    config = load_config(overrides=BASE + ["budget.max_steps=4", "budget.val_every_steps=4"])
+    first = pretrain(config, shared_data, tmp_path)
+    final = _run_dir(tmp_path) / FINAL_METRICS_FILE
+    stamp = final.stat().st_mtime_ns
+    assert pretrain(config, shared_data, tmp_path) == first
+    assert final.stat().st_mtime_ns == stamp
+
+
+def test_export_loads_with_auto_classes_and_gives_the_same_loss(shared_data, tmp_path):
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from harness.recipe import build_datamodule, resolve_recipe
+
+    config = load_config(overrides=BASE + ["budget.max_steps=4", "budget.val_every_steps=4"])
+    pretrain(config, shared_data, tmp_path)
+    export = _run_dir(tmp_path) / EXPORT_DIR
+    tokenizer = AutoTokenizer.from_pretrained(export)
+    model = AutoModelForMaskedLM.from_pretrained(export).eval()
+    assert AutoModelForSequenceClassification.from_pretrained(export, num_labels=2).config.num_labels == 2
+    data = build_datamodule(config, resolve_recipe(config), shared_data)
+    data.setup("fit")
+    assert len(tokenizer) == data.specials.vocab_size
+    losses, counts = [], []
+    with torch.no_grad():
+        for batch in data.val_dataloader():
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+            n = int((batch["labels"] != -100).sum())
+            losses.append(float(out.loss) * n)
+            counts.append(n)
+    final = json.loads((_run_dir(tmp_path) / FINAL_METRICS_FILE).read_text())
+    assert sum(losses) / sum(counts) == pytest.approx(final["val_mlm_loss"], rel=1e-4)
+
+
+def test_wandb_offline_writes_run_files(shared_data, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # offline must come from our config, not the environment
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    config = load_config(overrides=BASE + ["budget.max_steps=2", "budget.val_every_steps=2", "logging.wandb=true"])
+    pretrain(config, shared_data, tmp_path)
+    offline_runs = list((_run_dir(tmp_path) / "wandb").glob("offline-run-*"))
+    assert offline_runs and any(offline_runs[0].glob("*.wandb"))
