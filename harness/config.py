@@ -53,6 +53,9 @@ class CorpusConfig(_Section):
     hub_config: str | None = Field(None, description="hub dataset configuration, e.g. wikitext-103-raw-v1")
     hub_split: str = Field("train", description="hub dataset split to read")
     text_field: str = Field("text", description="record field holding the text (jsonl and hub layouts)")
+    encoding_errors: Literal["strict", "replace"] = Field(
+        "strict", description="non-UTF-8 bytes in a local file: strict stops with file and line; replace substitutes"
+    )
     segmenter: Literal["pysbd", "newline"] = Field(
         "pysbd", description="sentence splitter: pysbd (rule-based, English) or newline (one sentence per line)"
     )

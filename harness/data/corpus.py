@@ -1,0 +1,256 @@
+"""Documents -> sentences -> token ids, cached by a hash of what shapes each stage.
+
+    documents (documents.py)  --segment (pysbd, slow)-->  cache_root()/segments/<hash>
+        --tokenize (fast)-->  cache_root()/corpora/<hash>  = {train, validation}: (doc_id, sentences as token ids)
+
+Segmentation is cached apart from tokenization because pysbd is the slow step (about 120 Reuters articles per
+second per core): a new vocabulary size re-tokenizes the cached sentences but never re-segments. Each cache entry
+is written through `atomic_dir`, so an interrupted build leaves nothing behind; scratch Arrow files of the
+datasets library go to a temporary folder inside our cache, never to ~/.cache/huggingface.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.config import CorpusConfig, RunConfig
+from harness.data import segment
+from harness.data.documents import (
+    CorpusError,
+    EncodingErrors,
+    describe_source,
+    fingerprint,
+    load_documents,
+    quiet_progress,
+    source_identity,
+    split_wikitext_articles,
+    validation_mask,
+)
+from harness.data.segment import segment_text, split_paragraphs
+from harness.data.tokenizer import build_tokenizer, obtain_tokenizer, tokenizer_digest
+from harness.paths import atomic_dir, cache_root
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = ["CORPUS_CACHE_VERSION", "CorpusError", "TokenizedCorpus", "build_corpus", "build_tokenizer", "segment_text",
+           "split_paragraphs", "split_stats", "split_wikitext_articles", "text_encoder", "tokenize_batch",
+           "validation_mask"]
+
+log = logging.getLogger(__name__)
+
+# Bump when the layout or content of a cached corpus changes: it is part of every corpus and segments key.
+CORPUS_CACHE_VERSION = 2
+
+
+@dataclass(frozen=True)
+class CacheHits:
+    """Which stages were reused from the cache (True) rather than computed in this call."""
+
+    segments: bool
+    tokenizer: bool
+    tokens: bool
+
+
+@dataclass(frozen=True)
+class TokenizedCorpus:
+    """The tokenized corpus of a run: `train` and `validation` are datasets with columns doc_id and sentences (each
+    a list of token-id lists, special tokens not included), memory-mapped from `cache_dir`."""
+
+    train: Dataset
+    validation: Dataset
+    tokenizer: PreTrainedTokenizerBase
+    tokenizer_dir: Path
+    cache_dir: Path
+    cache_hits: CacheHits
+
+    @property
+    def from_cache(self) -> bool:
+        return self.cache_hits.tokens
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "train": split_stats(self.train),
+            "validation": split_stats(self.validation),
+            "vocab_size": len(self.tokenizer),
+            "tokenizer": type(self.tokenizer).__name__,
+            "loaded_from_cache": self.cache_hits.tokens,
+            "segments_from_cache": self.cache_hits.segments,
+            "tokenizer_from_cache": self.cache_hits.tokenizer,
+            "cache_dir": str(self.cache_dir),
+            "tokenizer_dir": str(self.tokenizer_dir),
+        }
+
+
+def split_stats(dataset: Dataset) -> dict[str, Any]:
+    """Counts computed on the Arrow columns (no Python loop over sentences)."""
+    import pyarrow.compute as pc
+
+    documents = len(dataset)
+    if documents == 0:
+        return {"documents": 0, "sentences": 0, "tokens": 0, "mean_sentence_tokens": 0.0, "mean_doc_sentences": 0.0}
+    column = dataset.data.column("sentences")
+    sentences = pc.sum(pc.list_value_length(column)).as_py() or 0
+    tokens = pc.sum(pc.list_value_length(pc.list_flatten(column))).as_py() or 0
+    return {"documents": documents, "sentences": sentences, "tokens": tokens,
+            "mean_sentence_tokens": round(tokens / max(sentences, 1), 2),
+            "mean_doc_sentences": round(sentences / documents, 2)}
+
+
+def tokenize_batch(batch: dict[str, list[Any]], tokenizer: Any) -> dict[str, list[Any]]:
+    """datasets.map(batched=True) function: sentences as text -> sentences as token ids (no special tokens).
+
+    Every sentence but a document's first is encoded with its leading space, as it stands in running text, so
+    that a byte-level BPE gives it the same tokens as in the unsplit document ("ĠIt", not "It") and the ids of
+    consecutive sentences concatenate to the ids of the text. Empty encodings are dropped; a document may end up
+    with no sentence (it is then dropped when splitting)."""
+    # `tokenizer` is a private copy from text_encoder; the flag does not survive pickling into map workers.
+    tokenizer.encode_special_tokens = True
+    texts = [s if i == 0 else " " + s for sentences in batch["sentences"] for i, s in enumerate(sentences)]
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+    ids = [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
+    out, start = [], 0
+    for sentences in batch["sentences"]:
+        out.append([s for s in ids[start:start + len(sentences)] if s])
+        start += len(sentences)
+    return {"doc_id": batch["doc_id"], "sentences": out}
+
+
+def text_encoder(tokenizer: PreTrainedTokenizerBase) -> Any:
+    """The backend tokenizer for corpus text: a literal "</s>" or "[MASK]" in a document is text to be split like
+    any other, never a special token (transformers' default would turn it into the separator or the mask)."""
+    backend = copy.deepcopy(tokenizer.backend_tokenizer)
+    backend.encode_special_tokens = True
+    return backend
+
+
+def check_sentence_boundaries(segmented: Dataset, corpus: CorpusConfig) -> None:
+    """A corpus whose every document is one sentence cannot feed sentence packings or NSP: almost always a wrong
+    file or a wrong segmenter, so stop here rather than train on it."""
+    import pyarrow.compute as pc
+
+    most = pc.max(pc.list_value_length(segmented.data.column("sentences"))).as_py() or 0
+    if most <= 1:
+        hint = ("set corpus.segmenter = 'newline' if the text holds one sentence per line, or check the file"
+                if corpus.segmenter == "pysbd" else "each non-empty line should hold one sentence: check the file")
+        raise CorpusError(f"{describe_source(corpus)}: every document segments into a single sentence with "
+                          f"corpus.segmenter = '{corpus.segmenter}' (no sentence boundaries found); {hint}")
+
+
+def _features(token_ids: bool) -> Any:
+    from datasets import Features, List, Value
+
+    sentence = List(Value("int32")) if token_ids else Value("string")
+    return Features({"doc_id": Value("string"), "sentences": List(sentence)})
+
+
+def _num_proc(config: RunConfig) -> int | None:
+    return config.impl.num_proc if (config.impl.num_proc or 1) > 1 else None
+
+
+@contextmanager
+def _scratch(root: Path) -> Iterator[Path]:
+    """Where the datasets library writes intermediate Arrow files during one build; removed afterwards."""
+    (root / "tmp").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root / "tmp", prefix="build-") as work:
+        yield Path(work)
+
+
+def _write_settings(folder: Path, settings: dict[str, Any]) -> None:
+    (folder / "harness-settings.json").write_text(json.dumps(settings, indent=2, default=str), encoding="utf-8")
+
+
+def segments_settings(corpus: CorpusConfig, source: dict[str, Any]) -> dict[str, Any]:
+    """What shapes the segmented corpus: the documents and the segmenter (not the tokenizer, not the split)."""
+    import pysbd
+
+    return {"version": CORPUS_CACHE_VERSION, "source": source, "segmenter": corpus.segmenter,
+            "pysbd": pysbd.__version__ if corpus.segmenter == "pysbd" else None}
+
+
+def _segments(config: RunConfig, source: dict[str, Any], documents: Callable[[], Dataset], root: Path, work: Path
+              ) -> tuple[Dataset, bool]:
+    """The segmented corpus (doc_id, sentences as text) from the cache, or segmented now and cached."""
+    from datasets import load_from_disk
+
+    corpus = config.corpus
+    settings = segments_settings(corpus, source)
+    key = fingerprint(settings)
+    final = root / "segments" / key
+    hit = final.exists()
+    if not hit:
+        docs = documents()
+        log.info("segmenting %d documents with %s (num_proc=%s)", len(docs), corpus.segmenter, _num_proc(config))
+        segmented = docs.map(segment.segment_batch, batched=True, batch_size=16, num_proc=_num_proc(config),
+                             fn_kwargs={"segmenter": corpus.segmenter}, remove_columns=["title", "text"],
+                             features=_features(token_ids=False), cache_file_name=str(work / "segments.arrow"),
+                             new_fingerprint=key, desc="segmenting")
+        check_sentence_boundaries(segmented, corpus)
+        with atomic_dir(final) as tmp, quiet_progress():
+            segmented.save_to_disk(str(tmp))
+            _write_settings(tmp, settings)
+    return load_from_disk(str(final)), hit
+
+
+def _tokenize_and_split(config: RunConfig, segmented: Dataset, tokenizer: PreTrainedTokenizerBase, final: Path,
+                        work: Path, settings: dict[str, Any]) -> None:
+    import pyarrow.compute as pc
+    from datasets import DatasetDict
+
+    key = fingerprint(settings)
+    log.info("tokenizing %d documents (num_proc=%s)", len(segmented), _num_proc(config))
+    tokenized = segmented.map(tokenize_batch, batched=True, batch_size=64, num_proc=_num_proc(config),
+                              fn_kwargs={"tokenizer": text_encoder(tokenizer)}, features=_features(token_ids=True),
+                              cache_file_name=str(work / "tokens.arrow"), new_fingerprint=key, desc="tokenizing")
+    held_out = validation_mask(list(tokenized["doc_id"]), config.corpus.validation_fraction)
+    sentences = pc.list_value_length(tokenized.data.column("sentences")).to_pylist()
+    train = [i for i, (v, n) in enumerate(zip(held_out, sentences, strict=True)) if n and not v]
+    validation = [i for i, (v, n) in enumerate(zip(held_out, sentences, strict=True)) if n and v]
+    if not train:
+        raise CorpusError(f"{describe_source(config.corpus)}: no training document has any token")
+    splits = DatasetDict({"train": tokenized.select(train), "validation": tokenized.select(validation)})
+    # An empty split (validation_fraction = 0) must still be written as one (empty) shard to load back.
+    shards = {name: 1 if len(split) == 0 else None for name, split in splits.items()}
+    with atomic_dir(final) as tmp, quiet_progress():
+        splits.save_to_disk(str(tmp), num_shards=shards)
+        _write_settings(tmp, settings)
+
+
+def build_corpus(config: RunConfig, data_dir: str | Path | None = None) -> TokenizedCorpus:
+    """Load, segment, split and tokenize the corpus of a run config, reusing every cached stage.
+
+    `corpus.encoding_errors: replace` reads files with stray non-UTF-8 bytes (two shared Gutenberg books have a
+    few) instead of stopping; it is part of the cache key."""
+    from datasets import load_from_disk
+
+    encoding_errors = config.corpus.encoding_errors
+    root = cache_root(config.impl.cache_dir)
+    source = source_identity(config.corpus, data_dir, encoding_errors)
+    with _scratch(root) as work:
+        @cache
+        def documents() -> Dataset:
+            return load_documents(config.corpus, data_dir, work, encoding_errors)
+
+        tokenizer, tokenizer_dir, tokenizer_hit = obtain_tokenizer(config, source, documents, root, data_dir)
+        settings = {"version": CORPUS_CACHE_VERSION, "segments": segments_settings(config.corpus, source),
+                    "validation_fraction": config.corpus.validation_fraction,
+                    "tokenizer": tokenizer_digest(tokenizer_dir)}
+        final = root / "corpora" / fingerprint(settings)
+        tokens_hit = segments_hit = final.exists()
+        if not tokens_hit:
+            segmented, segments_hit = _segments(config, source, documents, root, work)
+            _tokenize_and_split(config, segmented, tokenizer, final, work, settings)
+    splits = load_from_disk(str(final))
+    hits = CacheHits(segments=segments_hit, tokenizer=tokenizer_hit, tokens=tokens_hit)
+    return TokenizedCorpus(train=splits["train"], validation=splits["validation"], tokenizer=tokenizer,
+                           tokenizer_dir=tokenizer_dir, cache_dir=final, cache_hits=hits)

@@ -1,0 +1,341 @@
+"""Documents from the four corpus sources: a WikiText-style file, a JSON Lines file, a folder of one-document-per-file
+texts, or a Hugging Face hub dataset. Every source becomes the same `datasets.Dataset` of (doc_id, title, text), where
+text holds paragraphs separated by blank lines, so segmentation and tokenization treat all sources alike.
+
+Files are decoded by hand (not by load_dataset("text"/"json")) so that a bad byte or a bad record is reported with
+its file, line and byte offset; the records still flow through `Dataset.from_generator`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from itertools import islice
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from harness.config import CorpusConfig, HarnessError
+from harness.paths import resolve_data_path
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+EncodingErrors = Literal["strict", "replace"]
+Document = dict[str, str]  # doc_id, title, text
+
+# Bump when a reader's output changes (e.g. how WikiText articles are found): it is part of every cache key.
+DOCUMENTS_VERSION = 1
+
+
+class CorpusError(HarnessError):
+    """Bad corpus input (missing or malformed file, empty corpus, unreachable hub); the message is one line."""
+
+
+def fingerprint(obj: Any) -> str:
+    """A stable short hash of a JSON-able object: the name of a cache entry."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def describe_source(corpus: CorpusConfig) -> str:
+    if corpus.hub is not None:
+        return f"corpus.hub = '{corpus.hub}'"
+    return f"corpus.path = '{corpus.path}'"
+
+
+# ---- decoding --------------------------------------------------------------------------------------------------
+def decode_utf8(data: bytes, path: Path, errors: EncodingErrors, line: int = 1, offset: int = 0) -> str:
+    """Decode UTF-8 (a leading byte-order mark is dropped); strict mode names the file, line and byte offset."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if errors != "strict":
+            text = data.decode("utf-8", errors="replace")
+        else:
+            bad_line = line + data.count(b"\n", 0, err.start)
+            raise CorpusError(
+                f"{path}: not UTF-8 text at byte {offset + err.start} (line {bad_line}, byte 0x{data[err.start]:02x}); "
+                "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8) or set corpus.encoding_errors: replace"
+            ) from None
+    return text.removeprefix("\ufeff") if offset == 0 else text
+
+
+def read_lines(path: Path, errors: EncodingErrors) -> Iterator[str]:
+    """Lines (without line endings) of a UTF-8 file, streamed, with the byte offset tracked for error messages."""
+    offset = 0
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            yield decode_utf8(raw, path, errors, line=number, offset=offset).rstrip("\r\n")
+            offset += len(raw)
+
+
+# ---- WikiText ---------------------------------------------------------------------------------------------------
+def _is_heading(stripped: str) -> bool:
+    return stripped.startswith("= =") and stripped.endswith("= =")
+
+
+def _is_title(stripped: str) -> bool:
+    return len(stripped) > 4 and stripped.startswith("= ") and stripped.endswith(" =") and not _is_heading(stripped)
+
+
+def split_wikitext_articles(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """(title, text) per article. An article starts at a ` = Title = ` line that stands between blank lines (as
+    every WikiText title does; a formula line such as ` = 1 henry and capacitance C = ` inside a paragraph does not);
+    ` = = Section = = ` headings are dropped; each remaining line is a paragraph. Text before the first title, if
+    any, is an untitled article."""
+    title: str | None = None
+    paragraphs: list[str] = []
+    previous_blank = True
+    iterator = iter(lines)
+    line = next(iterator, None)
+    while line is not None:
+        following = next(iterator, None)
+        stripped = line.strip()
+        if _is_title(stripped) and previous_blank and (following is None or not following.strip()):
+            if title is not None or paragraphs:
+                yield title or "", "\n\n".join(paragraphs)
+            title, paragraphs = stripped[2:-2].strip(), []
+        elif stripped and not _is_heading(stripped):
+            paragraphs.append(stripped)
+        previous_blank = not stripped
+        line = following
+    if title is not None or paragraphs:
+        yield title or "", "\n\n".join(paragraphs)
+
+
+def _wikitext_documents(lines: Iterable[str], source: str, id_prefix: str) -> Iterator[Document]:
+    titled = False
+    for index, (title, text) in enumerate(split_wikitext_articles(lines)):
+        titled = titled or bool(title)
+        yield {"doc_id": f"{id_prefix}:{index}", "title": title, "text": text}
+    if not titled:
+        raise CorpusError(f"{source}: no article title lines (' = Title = ') found; is corpus.layout right?")
+
+
+# ---- JSON Lines -------------------------------------------------------------------------------------------------
+def read_jsonl(path: Path, text_field: str, errors: EncodingErrors) -> Iterator[Document]:
+    for number, line in enumerate(read_lines(path, errors), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CorpusError(f"{path} line {number}: not valid JSON ({err.msg}, column {err.colno})") from None
+        if not isinstance(record, dict):
+            raise CorpusError(f"{path} line {number}: expected a JSON object, got {type(record).__name__}")
+        if text_field not in record:
+            fields = ", ".join(sorted(record)) or "none"
+            raise CorpusError(
+                f"{path} line {number}: record has no field '{text_field}' (corpus.text_field); its fields: {fields}"
+            )
+        text = record[text_field]
+        if not isinstance(text, str):
+            raise CorpusError(f"{path} line {number}: field '{text_field}' is {type(text).__name__}, not text")
+        title = record.get("title")
+        yield {"doc_id": f"{path.name}:{number}", "title": title if isinstance(title, str) else "", "text": text}
+
+
+# ---- folder of texts --------------------------------------------------------------------------------------------
+_BRACKET_TITLE = re.compile(r"^\[(.+)\]$")
+
+
+def text_files(folder: Path) -> list[Path]:
+    """The documents of a text folder: every file below it, hidden ones (and those in hidden folders) excepted."""
+    files = (p for p in folder.rglob("*") if p.is_file())
+    return sorted(p for p in files if not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def read_text_dir(folder: Path, errors: EncodingErrors) -> Iterator[Document]:
+    """One document per (non-hidden) file, in path order. A first line `[Title by Author Year]` (Gutenberg) is the
+    title and not part of the text; otherwise the title is the file name."""
+    for path in text_files(folder):
+        text = decode_utf8(path.read_bytes(), path, errors).replace("\r\n", "\n").replace("\r", "\n")
+        first, _, rest = text.partition("\n")
+        match = _BRACKET_TITLE.match(first.strip())
+        title, text = (match.group(1).strip(), rest) if match else (path.stem, text)
+        yield {"doc_id": path.relative_to(folder).as_posix(), "title": title, "text": text}
+
+
+# ---- sources -> one dataset ----------------------------------------------------------------------------------------
+def _local_source(corpus: CorpusConfig, data_dir: str | Path | None) -> Path:
+    path = resolve_data_path(corpus.path or "", data_dir, field="corpus.path")
+    if corpus.layout == "text_dir" and not path.is_dir():
+        raise CorpusError(f"corpus.path = '{corpus.path}': layout 'text_dir' needs a folder, {path} is a file")
+    if corpus.layout != "text_dir" and path.is_dir():
+        raise CorpusError(
+            f"corpus.path = '{corpus.path}': layout '{corpus.layout}' needs a file, {path} is a folder "
+            "(use layout 'text_dir' for a folder of texts)"
+        )
+    return path
+
+
+def source_identity(corpus: CorpusConfig, data_dir: str | Path | None, errors: EncodingErrors) -> dict[str, Any]:
+    """Everything that decides the documents, cheap to compute (file sizes and times, not contents), so that a warm
+    cache is found without reading the corpus."""
+    shape = {"version": DOCUMENTS_VERSION, "layout": corpus.layout, "max_documents": corpus.max_documents,
+             "encoding_errors": errors}
+    if corpus.layout == "jsonl" or corpus.hub is not None:
+        shape["text_field"] = corpus.text_field
+    if corpus.hub is not None:
+        return {**shape, "hub": corpus.hub, "hub_config": corpus.hub_config, "hub_split": corpus.hub_split}
+    path = _local_source(corpus, data_dir)
+    files = text_files(path) if path.is_dir() else [path]
+    stats = [(p.relative_to(path).as_posix() if path.is_dir() else "", p.stat().st_size, p.stat().st_mtime_ns)
+             for p in files]
+    return {**shape, "path": str(path), "files": stats}
+
+
+def _generate_documents(corpus_json: str, path: str | None, errors: EncodingErrors, hub_rows: Any = None
+                        ) -> Iterator[Document]:
+    corpus = CorpusConfig.model_validate_json(corpus_json)
+    source = describe_source(corpus)
+    if hub_rows is not None:
+        records = _hub_documents(corpus, hub_rows)
+    elif corpus.layout == "wikitext":
+        records = _wikitext_documents(read_lines(Path(path), errors), source, Path(path).name)
+    elif corpus.layout == "jsonl":
+        records = read_jsonl(Path(path), corpus.text_field, errors)
+    else:
+        records = read_text_dir(Path(path), errors)
+    kept = 0
+    for record in islice((r for r in records if r["text"].strip()), corpus.max_documents):
+        kept += 1
+        yield record
+    if kept == 0:
+        raise CorpusError(f"{source}: the corpus is empty (no document with any text; layout '{corpus.layout}')")
+
+
+@contextmanager
+def quiet_progress() -> Iterator[None]:
+    """Hide the datasets library's progress bars for steps that take a moment (reading, saving); the long ones
+    (segmenting, tokenizing) keep theirs."""
+    import datasets
+
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+def load_documents(corpus: CorpusConfig, data_dir: str | Path | None, workdir: Path,
+                   encoding_errors: EncodingErrors = "strict") -> Dataset:
+    """The corpus as a `datasets.Dataset` with columns doc_id, title, text (first `corpus.max_documents` non-empty
+    documents). Its Arrow files live in `workdir`, which must outlive the dataset."""
+    from datasets import Dataset, Features, Value
+    from datasets.exceptions import DatasetGenerationError
+
+    identity = source_identity(corpus, data_dir, encoding_errors)
+    hub_rows = open_hub_dataset(corpus) if corpus.hub is not None else None
+    kwargs = {"corpus_json": corpus.model_dump_json(), "path": identity.get("path"), "errors": encoding_errors,
+              "hub_rows": hub_rows}
+    features = Features({"doc_id": Value("string"), "title": Value("string"), "text": Value("string")})
+    try:
+        with quiet_progress():
+            return Dataset.from_generator(_generate_documents, features=features, gen_kwargs=kwargs,
+                                          cache_dir=str(workdir), fingerprint=fingerprint(identity))
+    except DatasetGenerationError as err:
+        if isinstance(err.__cause__, HarnessError):
+            raise err.__cause__ from None
+        raise
+
+
+def validation_mask(doc_ids: Sequence[str], fraction: float) -> list[bool]:
+    """Which documents are held out: the round(fraction x n) (at least one if fraction > 0) whose doc_id has the
+    smallest SHA-256. It depends on the documents alone, never on the run seed, so every run evaluates on the same
+    held-out documents."""
+    n = len(doc_ids)
+    if fraction <= 0:
+        return [False] * n
+    count = max(1, int(fraction * n + 0.5))
+    if count >= n:
+        raise CorpusError(
+            f"the corpus has {n} document(s): corpus.validation_fraction = {fraction:g} leaves none for training; "
+            "use more documents or validation_fraction = 0"
+        )
+    order = sorted(range(n), key=lambda i: (hashlib.sha256(doc_ids[i].encode()).digest(), i))
+    held_out = set(order[:count])
+    return [i in held_out for i in range(n)]
+
+
+# ---- Hugging Face hub -------------------------------------------------------------------------------------------
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+def _hub_offline() -> bool:
+    import datasets
+
+    names = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+    return any(os.environ.get(n, "").upper() in _TRUE for n in names) or bool(datasets.config.HF_HUB_OFFLINE)
+
+
+def _hub_hint(corpus: CorpusConfig) -> str:
+    if corpus.layout == "wikitext":
+        save = f"write each of its '{corpus.text_field}' rows as one line of a text file"
+    else:
+        save = "save it with .to_json('corpus.jsonl')"
+    return (f"use a local copy instead: where the hub is reachable, load the split with datasets.load_dataset and "
+            f"{save}, then set corpus.hub: null and corpus.path: <that file> (corpus.layout: {corpus.layout})")
+
+
+def _hub_reachable(timeout: float = 5.0) -> str | None:
+    """None when the hub's host accepts a connection, else the reason; a quick check instead of the hub client's
+    retries (half a minute without network)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+    except OSError as err:
+        return f"cannot reach {url.hostname} ({err.strerror or err})"
+    return None
+
+
+def open_hub_dataset(corpus: CorpusConfig) -> Dataset:
+    """The hub split as a Dataset. Offline (HF_HUB_OFFLINE set) only the local Hugging Face cache is tried; a missing
+    network fails in seconds. Either way the error is one line that says how to use a local copy."""
+    from unittest import mock
+
+    import datasets
+    from huggingface_hub import constants
+
+    name = f"corpus.hub = '{corpus.hub}'" + (f" (config '{corpus.hub_config}')" if corpus.hub_config else "")
+    offline = _hub_offline()
+    if not offline and (reason := _hub_reachable()):
+        raise CorpusError(f"{name}: {reason}; {_hub_hint(corpus)}")
+    # The libraries read HF_HUB_OFFLINE once at import; honour it when it was set later (e.g. by a test).
+    with mock.patch.object(datasets.config, "HF_HUB_OFFLINE", offline or datasets.config.HF_HUB_OFFLINE), \
+            mock.patch.object(constants, "HF_HUB_OFFLINE", offline or constants.HF_HUB_OFFLINE):
+        try:
+            rows = datasets.load_dataset(corpus.hub, corpus.hub_config, split=corpus.hub_split)
+        except Exception as err:  # the hub client raises many types; the user needs one line, not a traceback
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            state = f"the hub is offline (HF_HUB_OFFLINE) and the local cache cannot serve it ({first})" if offline \
+                else first
+            raise CorpusError(f"{name}: {state}; {_hub_hint(corpus)}") from None
+    if corpus.text_field not in rows.column_names:
+        raise CorpusError(f"{name}: no column '{corpus.text_field}' (corpus.text_field); columns: "
+                          f"{', '.join(rows.column_names)}")
+    return rows
+
+
+def _hub_documents(corpus: CorpusConfig, rows: Dataset) -> Iterator[Document]:
+    """layout 'wikitext': rows are lines, regrouped into articles; layout 'jsonl': rows are documents."""
+    prefix = f"{corpus.hub}/{corpus.hub_config or 'default'}/{corpus.hub_split}"
+    field = corpus.text_field
+    if corpus.layout == "wikitext":
+        lines = (line for batch in rows.iter(batch_size=10_000) for line in batch[field])
+        yield from _wikitext_documents(lines, describe_source(corpus), prefix)
+        return
+    titles = "title" in rows.column_names
+    for index, row in enumerate(rows):
+        title = row["title"] if titles and isinstance(row["title"], str) else ""
+        yield {"doc_id": f"{prefix}:{index}", "title": title, "text": row[field] or ""}

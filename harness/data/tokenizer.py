@@ -1,0 +1,196 @@
+"""Train, save and load the two tokenizers the paper compares, with the `tokenizers` library's trainers:
+
+- bpe: byte-level BPE as RoBERTa (no normalizer unless lowercase, ByteLevel pre-tokenizer without prefix space,
+  `<s> A </s></s> B </s>` pairs); ids `<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3 and `<mask>` last, as in roberta-base.
+- wordpiece: WordPiece as BERT (BertNormalizer, BertPreTokenizer, `[CLS] A [SEP] B [SEP]` pairs with segment ids);
+  ids `[PAD]`=0, `[UNK]`=1, `[CLS]`=2, `[SEP]`=3, `[MASK]`=4.
+
+Both are wrapped as transformers tokenizers (RobertaTokenizer / BertTokenizer), so `save_pretrained` +
+`AutoTokenizer.from_pretrained` give back the same class. A trained tokenizer is cached under
+cache_root()/tokenizers/<hash of the documents, the held-out split and the tokenizer settings>.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.config import ConfigError, RunConfig
+from harness.data.documents import EncodingErrors, fingerprint, load_documents, source_identity, validation_mask
+from harness.data.segment import split_paragraphs
+from harness.paths import atomic_dir, cache_root, resolve_data_path
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedTokenizerBase
+
+SPECIAL_TOKENS: dict[str, tuple[str, ...]] = {
+    "bpe": ("<s>", "<pad>", "</s>", "<unk>", "<mask>"),
+    "wordpiece": ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"),
+}
+_MODEL_TYPES = {"BPE": "bpe", "WordPiece": "wordpiece"}
+# Bump when training changes in a way that changes the result: it is part of the cache key.
+TOKENIZER_VERSION = 1
+SETTINGS_FILE = "harness-tokenizer.json"
+
+log = logging.getLogger(__name__)
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, lowercase: bool, min_frequency: int) -> PreTrainedTokenizerBase:
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import RobertaTokenizer
+
+    bos, pad, eos, unk, mask = SPECIAL_TOKENS["bpe"]
+    backend = Tokenizer(models.BPE())
+    if lowercase:
+        backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    # <mask> is added after training so that it gets the last id, as in roberta-base.
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, min_frequency=min_frequency, show_progress=False,
+                                  special_tokens=[bos, pad, eos, unk],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(texts, trainer)
+    backend.add_special_tokens([AddedToken(mask, lstrip=True, rstrip=False, normalized=False, special=True)])
+    backend.post_processor = processors.RobertaProcessing(
+        (eos, backend.token_to_id(eos)), (bos, backend.token_to_id(bos)), trim_offsets=True, add_prefix_space=False
+    )
+    return RobertaTokenizer(tokenizer_object=backend, add_prefix_space=False)
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool, min_frequency: int
+                    ) -> PreTrainedTokenizerBase:
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertTokenizer
+
+    pad, unk, cls, sep, mask = SPECIAL_TOKENS["wordpiece"]
+    backend = Tokenizer(models.WordPiece(unk_token=unk))
+    # strip_accents=None follows lowercase, as BERT-uncased / BERT-cased.
+    backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
+                                                    lowercase=lowercase)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    # Without a cap the alphabet of a multilingual corpus (WikiText) could use up a small vocabulary by itself.
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
+                                        special_tokens=[pad, unk, cls, sep, mask],
+                                        limit_alphabet=min(1000, max(100, vocab_size // 10)))
+    backend.train_from_iterator(texts, trainer)
+    ids = {token: backend.token_to_id(token) for token in (cls, sep)}
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1", special_tokens=list(ids.items())
+    )
+    # do_lower_case is saved in tokenizer_config.json: BertTokenizer rebuilds its normalizer from it when loaded.
+    return BertTokenizer(tokenizer_object=backend, do_lower_case=lowercase)
+
+
+def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int, lowercase: bool, min_frequency: int
+                    ) -> PreTrainedTokenizerBase:
+    trainers = {"bpe": train_bpe, "wordpiece": train_wordpiece}
+    if kind not in trainers:
+        raise ConfigError(f"tokenizer.kind = '{kind}'; allowed: {', '.join(trainers)}")
+    return trainers[kind](texts, vocab_size, lowercase, min_frequency)
+
+
+def tokenizer_kind(tokenizer: PreTrainedTokenizerBase) -> str:
+    """'bpe' or 'wordpiece' from the backend model (or the model type name when it is neither)."""
+    model_type = type(tokenizer.backend_tokenizer.model).__name__
+    return _MODEL_TYPES.get(model_type, model_type)
+
+
+def load_tokenizer(path: str | Path, kind: str | None = None, field: str = "tokenizer.path"
+                   ) -> PreTrainedTokenizerBase:
+    """A saved tokenizer folder through AutoTokenizer; with `kind`, refuse one of the other kind."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not (path / "tokenizer.json").is_file():
+        raise ConfigError(f"{field} = '{path}': not a saved tokenizer folder (no tokenizer.json)")
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    found = tokenizer_kind(tokenizer)
+    if kind is not None and found != kind:
+        raise ConfigError(f"{field} = '{path}' holds a {type(tokenizer).__name__} ({found}) but tokenizer.kind = "
+                          f"'{kind}'; set tokenizer.kind = '{found}' or point {field} at a {kind} tokenizer")
+    missing = [name for name in ("cls_token", "sep_token", "pad_token", "mask_token", "unk_token")
+               if getattr(tokenizer, name) is None]
+    if missing:
+        raise ConfigError(f"{field} = '{path}': the tokenizer lacks special tokens: {', '.join(missing)}")
+    # RobertaTokenizer rebuilds its backend from vocab and merges and drops the normalizer (transformers 5), which
+    # would silently turn a lowercasing BPE tokenizer into a cased one: put the saved normalizer back.
+    saved = Tokenizer.from_file(str(path / "tokenizer.json"))
+    if saved.normalizer is not None and tokenizer.backend_tokenizer.normalizer is None:
+        tokenizer.backend_tokenizer.normalizer = saved.normalizer
+    return tokenizer
+
+
+def tokenizer_digest(path: Path) -> str:
+    """Content hash of a saved tokenizer: what a tokenized corpus depends on, whether trained or given."""
+    digest = hashlib.sha256()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        file = path / name
+        digest.update(file.read_bytes() if file.exists() else b"")
+    return digest.hexdigest()[:16]
+
+
+def training_texts(documents: Dataset, held_out: list[bool]) -> Iterator[str]:
+    """Paragraphs of the training documents only: the held-out documents must stay unseen."""
+    index = 0
+    for batch in documents.iter(batch_size=1000):
+        for text in batch["text"]:
+            if not held_out[index]:
+                yield from split_paragraphs(text)
+            index += 1
+
+
+def tokenizer_settings(config: RunConfig, source: dict[str, Any]) -> dict[str, Any]:
+    """Everything that shapes a trained tokenizer (not the segmenter: it trains on paragraphs)."""
+    import tokenizers
+
+    t = config.tokenizer
+    return {"version": TOKENIZER_VERSION, "tokenizers": tokenizers.__version__, "source": source,
+            "validation_fraction": config.corpus.validation_fraction, "kind": t.kind, "vocab_size": t.vocab_size,
+            "lowercase": t.lowercase, "min_frequency": t.min_frequency}
+
+
+def obtain_tokenizer(config: RunConfig, source: dict[str, Any], documents: Callable[[], Dataset], root: Path,
+                     data_dir: str | Path | None = None) -> tuple[PreTrainedTokenizerBase, Path, bool]:
+    """(tokenizer, its folder, whether nothing was trained). `documents` is called only when training is needed."""
+    t = config.tokenizer
+    if t.path is not None:
+        path = resolve_data_path(t.path, data_dir, field="tokenizer.path")
+        return load_tokenizer(path, t.kind), path, True
+    settings = tokenizer_settings(config, source)
+    final = root / "tokenizers" / fingerprint(settings)
+    if final.exists():
+        return load_tokenizer(final, t.kind), final, True
+    docs = documents()
+    held_out = validation_mask(list(docs["doc_id"]), config.corpus.validation_fraction)
+    trained = train_tokenizer(training_texts(docs, held_out), t.kind, t.vocab_size, t.lowercase, t.min_frequency)
+    if len(trained) < t.vocab_size:
+        log.warning("tokenizer.vocab_size = %d, but the training documents only yield %d tokens (min_frequency = %d); "
+                    "size the model's embeddings by len(tokenizer)", t.vocab_size, len(trained), t.min_frequency)
+    with atomic_dir(final) as tmp:
+        trained.save_pretrained(str(tmp))
+        (tmp / SETTINGS_FILE).write_text(json.dumps(settings, indent=2, default=str), encoding="utf-8")
+    return load_tokenizer(final, t.kind), final, False
+
+
+def build_tokenizer(config: RunConfig, data_dir: str | Path | None = None) -> tuple[PreTrainedTokenizerBase, Path]:
+    """The tokenizer a run config asks for: loaded from tokenizer.path, from the cache, or trained on the training
+    documents of the corpus (never the held-out ones) and cached. Returns (tokenizer, its folder)."""
+    encoding_errors = config.corpus.encoding_errors
+    root = cache_root(config.impl.cache_dir)
+    given = config.tokenizer.path is not None  # then the corpus is not needed at all
+    source = {} if given else source_identity(config.corpus, data_dir, encoding_errors)
+    (root / "tmp").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root / "tmp") as work:
+        def documents() -> Dataset:
+            return load_documents(config.corpus, data_dir, Path(work), encoding_errors)
+
+        tokenizer, path, _ = obtain_tokenizer(config, source, documents, root, data_dir)
+    return tokenizer, path
