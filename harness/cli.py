@@ -72,8 +72,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    """The quickstart study. For now: build the tokenizer and the tokenized corpus and print statistics."""
-    return cmd_corpus(args)
+    """Run a study file: pre-train every arm, fine-tune each, print the comparison table."""
+    from harness.study import format_table, load_study, run_study
+
+    study = load_study(args.study, args.overrides)
+    rows = run_study(study, args.data_dir, args.results)
+    print(format_table(rows))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,11 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
         ("corpus", cmd_corpus, "load, segment, tokenize and cache a corpus; print statistics"),
         ("inspect-data", cmd_inspect_data, "write the exact training batches as JSON lines, show and measure them"),
         ("pretrain", cmd_pretrain, "pre-train one run into results/<experiment>/runs/ (resumes if interrupted)"),
-        ("quickstart", cmd_quickstart, "run the quickstart study"),
+        ("quickstart", cmd_quickstart, "run a study (default: the quickstart): pre-train arms, fine-tune, compare"),
     ]
     for name, func, help_text in commands:
         command = sub.add_parser(name, help=help_text, description=help_text)
-        _add_config_args(command, data=name != "config")
+        if name == "quickstart":
+            command.add_argument("--study", type=Path, default=Path("experiments/quickstart.study.yaml"),
+                                 help="study file: a base config, named arms, fine-tuning settings")
+            command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                                 help="override one field in every arm (repeatable)")
+            command.add_argument("--data-dir", type=Path, default=None,
+                                 help="root for relative data paths (default: $HARNESS_DATA_DIR)")
+        else:
+            _add_config_args(command, data=name != "config")
         if name == "config":
             command.add_argument("--plain", action="store_true", help="omit the help comments")
         if name == "inspect-data":

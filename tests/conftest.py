@@ -4,6 +4,10 @@ but fail in CI (CI=true): a missing data folder must never turn into a silently 
 from __future__ import annotations
 
 import os
+
+# Before torch loads: OpenMP threads that spin at barriers turn a busy 2-core machine (CI runners, a laptop with
+# other work) into a crawl - measured 30x slower steps for a tiny model. Passive waiting costs little here.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
 
 import pytest

@@ -1,0 +1,275 @@
+"""Pre-training throughput: the Hugging Face baseline against our PretrainModule, in one process, same data.
+
+Arms (all on the same examples, masked by the same DataCollatorForLanguageModeling, same AdamW settings):
+  hf-trainer    transformers Trainer + RobertaForMaskedLM (dense MLM head over every position)   <- baseline
+  hf-loop       RobertaForMaskedLM(labels=...) in a plain loop: the dense model without the Trainer
+                (the baseline when `accelerate`, which the Trainer needs, is not installed)
+  ours-lightning  PretrainModule under a pl.Trainer (sparse head, the harness's training path)
+  ours-loop     PretrainModule.training_step + AdamW + schedule in a plain loop: the pure step cost
+
+Each arm runs `--warmup` untimed updates, then `--steps` timed ones; the figure is the median over `--repeats`
+repeats, interleaved so that drift in machine speed hits every arm alike. Throughput counts non-padding tokens.
+
+Model FLOPs per token (PaLM appendix B convention, training = 3 x forward):
+    6 * N + 12 * layers * hidden * seq_len
+with N the non-embedding parameters (transformer layers and the head's transform; the tied decoder and the
+embedding tables excluded). The vocabulary projection is reported apart: 6 * hidden * vocab per predicted
+position, i.e. per token for the dense head and per masked token (15%) for the sparse one.
+
+On a machine shared with other jobs, read the tokens/CPU-s columns and use --threads 1: with more intra-op
+threads than free cores, OpenMP threads spin at barriers waiting for preempted peers, and we saw a tiny model's
+step go from 0.07 to 2.2 CPU-seconds at 2 threads under a load average of 6 on 2 cores.
+
+Usage: python benchmarks/pretrain_throughput.py [--size mini] [--steps 20] [--threads 2]
+The data source is a function (see DATA_SOURCES): swap in the real pipeline by adding one that returns
+`BenchData` with its dataset and collate function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from harness.config import ModelConfig, OptimConfig
+from harness.models.pretrain import PretrainModule, build_pretraining_model
+
+SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids 0..4
+
+
+@dataclass
+class BenchData:
+    dataset: Sequence[dict[str, Any]]  # one example per item
+    collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]  # pads and masks a list of examples
+    vocab_size: int
+    pad_token_id: int
+    bos_token_id: int
+    eos_token_id: int
+
+
+def word_level_tokenizer(vocab_size: int):
+    """A fast tokenizer with RoBERTa's special tokens, only so the HF collator knows the mask and special ids."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIALS)} | {f"w{i}": i for i in range(len(SPECIALS), vocab_size)}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="<unk>")),
+                                   bos_token="<s>", pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   mask_token="<mask>")
+
+
+def synthetic_data(num_examples: int, seq_len: int, vocab_size: int, seed: int) -> BenchData:
+    """Full-length `<s> ... </s>` sequences of Zipf-distributed word ids (like natural text's frequencies)."""
+    from transformers import DataCollatorForLanguageModeling
+
+    tokenizer = word_level_tokenizer(vocab_size)
+    rng = np.random.default_rng(seed)
+    words = len(SPECIALS) + (rng.zipf(1.2, size=(num_examples, seq_len - 2)) - 1) % (vocab_size - len(SPECIALS))
+    dataset = [{"input_ids": [0, *row.tolist(), 2], "attention_mask": [1] * seq_len} for row in words]
+    collate = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, seed=seed)
+    return BenchData(dataset, collate, vocab_size, tokenizer.pad_token_id, 0, 2)
+
+
+DATA_SOURCES: dict[str, Callable[[int, int, int, int], BenchData]] = {"synthetic": synthetic_data}
+
+
+# ---- the arms ---------------------------------------------------------------------------------------------------
+class StepClock:
+    """Wall-clock and process CPU time at the end of every update. On a shared machine the wall clock measures
+    the neighbours too; CPU seconds (all threads) are a steadier, if rougher, second opinion."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def tick(self) -> None:
+        self.wall.append(time.perf_counter())
+        self.cpu.append(time.process_time())
+
+    def rates(self, warmup: int, tokens_per_step: float) -> tuple[float, float]:
+        """(tokens per wall second, tokens per CPU second) over the updates after `warmup`."""
+        tokens = (len(self.wall) - warmup) * tokens_per_step
+        return tokens / (self.wall[-1] - self.wall[warmup - 1]), tokens / (self.cpu[-1] - self.cpu[warmup - 1])
+
+
+def build_model(args: argparse.Namespace, data: BenchData):
+    torch.manual_seed(0)
+    return build_pretraining_model(ModelConfig(family="roberta", size=args.size), vocab_size=data.vocab_size,
+                                   pad_token_id=data.pad_token_id, bos_token_id=data.bos_token_id,
+                                   eos_token_id=data.eos_token_id, max_seq_length=args.seq_len, nsp=False,
+                                   segment_embeddings=False)
+
+
+def optim_config(args: argparse.Namespace) -> OptimConfig:
+    return OptimConfig(peak_lr=5e-4, warmup_fraction=0.06, batch_size=args.batch_size)
+
+
+def run_hf_trainer(args: argparse.Namespace, data: BenchData, clock: StepClock) -> None:
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    class Tick(TrainerCallback):
+        def on_step_end(self, *_: Any, **__: Any) -> None:
+            clock.tick()
+
+    optim = optim_config(args)
+    with tempfile.TemporaryDirectory() as out:
+        training_args = TrainingArguments(
+            output_dir=out, per_device_train_batch_size=args.batch_size, max_steps=args.warmup + args.steps,
+            learning_rate=optim.peak_lr, weight_decay=optim.weight_decay, adam_beta1=optim.betas[0],
+            adam_beta2=optim.betas[1], adam_epsilon=optim.eps, warmup_steps=optim.warmup_fraction,
+            lr_scheduler_type="linear", max_grad_norm=optim.clip_grad_norm, use_cpu=True, report_to="none",
+            save_strategy="no", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, seed=0)
+        Trainer(model=build_model(args, data), args=training_args, train_dataset=data.dataset,
+                data_collator=data.collate, callbacks=[Tick()]).train()
+
+
+def _loader(args: argparse.Namespace, data: BenchData) -> DataLoader:
+    return DataLoader(data.dataset, batch_size=args.batch_size, shuffle=True, collate_fn=data.collate, drop_last=True)
+
+
+def run_hf_loop(args: argparse.Namespace, data: BenchData, clock: StepClock) -> None:
+    from harness.models.optim import build_lr_schedule, build_optimizer
+
+    model, optim = build_model(args, data), optim_config(args)
+    model.train()
+    optimizer = build_optimizer(model, optim)
+    schedule = build_lr_schedule(optimizer, optim, args.warmup + args.steps)
+    for _, batch in zip(range(args.warmup + args.steps), _loader(args, data)):
+        model(**batch).loss.backward()
+        _update(model, optimizer, schedule, optim)
+        clock.tick()
+
+
+def run_ours_loop(args: argparse.Namespace, data: BenchData, clock: StepClock) -> None:
+    module, optim = PretrainModule(build_model(args, data), optim=optim_config(args), total_steps=args.warmup
+                                   + args.steps, nsp=False), optim_config(args)
+    module.train()
+    config = module.configure_optimizers()
+    optimizer, schedule = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log() without a Trainer warns and does nothing
+        for index, batch in zip(range(args.warmup + args.steps), _loader(args, data)):
+            module.training_step(batch, index).backward()
+            _update(module, optimizer, schedule, optim)
+            clock.tick()
+
+
+def _update(model: torch.nn.Module, optimizer, schedule, optim: OptimConfig) -> None:
+    torch.nn.utils.clip_grad_norm_(model.parameters(), optim.clip_grad_norm)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def run_ours_lightning(args: argparse.Namespace, data: BenchData, clock: StepClock) -> None:
+    class Tick(pl.Callback):
+        def on_train_batch_end(self, *_: Any) -> None:
+            clock.tick()
+
+    steps = args.warmup + args.steps
+    module = PretrainModule(build_model(args, data), optim=optim_config(args), total_steps=steps, nsp=False)
+    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", precision="32-true", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         gradient_clip_val=optim_config(args).clip_grad_norm, log_every_n_steps=10,
+                         callbacks=[Tick()])
+    trainer.fit(module, train_dataloaders=_loader(args, data))
+
+
+ARMS: dict[str, Callable[[argparse.Namespace, BenchData, StepClock], None]] = {
+    "hf-trainer": run_hf_trainer, "hf-loop": run_hf_loop, "ours-lightning": run_ours_lightning,
+    "ours-loop": run_ours_loop,
+}
+
+
+def trainer_available() -> bool:
+    """The HF Trainer needs `accelerate`, which is not a harness dependency."""
+    return importlib.util.find_spec("accelerate") is not None
+
+
+# ---- FLOPs ----------------------------------------------------------------------------------------------------
+def flops_per_token(args: argparse.Namespace, data: BenchData) -> tuple[float, float]:
+    """(model FLOPs per token without the vocabulary projection, vocabulary projection per predicted position)."""
+    model = build_model(args, data)
+    embeddings = {id(p) for p in model.roberta.embeddings.parameters()} | {id(model.lm_head.decoder.weight)}
+    non_embedding = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if id(p) not in embeddings)
+    size = ModelConfig(size=args.size)
+    attention = 12 * size.layers * size.hidden * args.seq_len
+    return 6 * non_embedding + attention, 6 * size.hidden * data.vocab_size
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="mini", help="model size preset (harness.config.MODEL_SIZES)")
+    parser.add_argument("--steps", type=int, default=20, help="timed updates per arm and repeat")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed updates before the clock starts")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--vocab-size", type=int, default=8192)
+    parser.add_argument("--data", choices=list(DATA_SOURCES), default="synthetic")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    args = parser.parse_args(argv)
+    if "hf-trainer" in args.arms and not trainer_available():
+        print("accelerate is not installed: skipping the hf-trainer arm; the baseline is hf-loop (the same dense "
+              "model and optimiser without the Trainer's overhead, so the ratios are conservative)")
+        args.arms.remove("hf-trainer")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pl.seed_everything(0, verbose=False)
+    num_examples = args.batch_size * (args.warmup + args.steps + 1)
+    data = DATA_SOURCES[args.data](num_examples, args.seq_len, args.vocab_size, 0)
+    tokens_per_step = float(sum(sum(ex["attention_mask"]) for ex in data.dataset[: args.batch_size]))
+
+    wall: dict[str, list[float]] = {arm: [] for arm in args.arms}
+    cpu: dict[str, list[float]] = {arm: [] for arm in args.arms}
+    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
+    for repeat in range(args.repeats):
+        for arm in args.arms:
+            clock = StepClock()
+            ARMS[arm](args, data, clock)
+            wall_rate, cpu_rate = clock.rates(args.warmup, tokens_per_step)
+            wall[arm].append(wall_rate)
+            cpu[arm].append(cpu_rate)
+            print(f"repeat {repeat + 1}/{args.repeats} {arm:15s} {wall_rate:9.0f} tokens/s "
+                  f"{cpu_rate:9.0f} tokens/CPU-s  load {os.getloadavg()[0]:.1f}", flush=True)
+    report(args, data, {arm: statistics.median(v) for arm, v in wall.items()},
+           {arm: statistics.median(v) for arm, v in cpu.items()})
+
+
+def report(args: argparse.Namespace, data: BenchData, wall: dict[str, float], cpu: dict[str, float]) -> None:
+    baseline = next((arm for arm in ("hf-trainer", "hf-loop") if arm in wall), None)
+    model_flops, vocab_flops = flops_per_token(args, data)
+    mask_rate = 0.15
+    print(f"\n{args.size}, vocab {args.vocab_size}, seq {args.seq_len}, batch {args.batch_size}, fp32, "
+          f"{torch.get_num_threads()} threads, median of {args.repeats} x {args.steps} updates")
+    print(f"model FLOPs/token = 6N + 12*layers*hidden*seq = {model_flops / 1e6:.1f} MFLOP "
+          f"(+ vocab projection 6*hidden*vocab = {vocab_flops / 1e6:.1f} MFLOP per predicted position)")
+    print(f"{'arm':15s} {'tokens/s':>9s} {'ratio':>6s} {'tokens/CPU-s':>12s} {'ratio':>6s} {'GFLOP/s':>8s} "
+          f"{'GFLOP/CPU-s':>11s} {'incl. vocab':>11s}   (ratios vs {baseline}; GFLOP = model FLOPs)")
+    for arm, rate in wall.items():
+        predicted = 1.0 if arm.startswith("hf") else mask_rate  # dense head: every position; sparse: masked ones
+        wall_ratio = f"{rate / wall[baseline]:.2f}x" if baseline else "-"
+        cpu_ratio = f"{cpu[arm] / cpu[baseline]:.2f}x" if baseline else "-"
+        hardware_flops = model_flops + predicted * vocab_flops
+        print(f"{arm:15s} {rate:9.0f} {wall_ratio:>6s} {cpu[arm]:12.0f} {cpu_ratio:>6s} "
+              f"{rate * model_flops / 1e9:8.2f} {cpu[arm] * model_flops / 1e9:11.2f} "
+              f"{cpu[arm] * hardware_flops / 1e9:11.2f}")
+    print("incl. vocab = GFLOP per CPU-second counting the vocabulary projection each arm actually computes")
+
+
+if __name__ == "__main__":
+    main()

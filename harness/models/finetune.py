@@ -1,0 +1,96 @@
+"""The fine-tuning LightningModule: one class for classification, regression, QA and token tagging.
+
+The task kind decides only which transformers head is loaded (`load_finetune_model`) and which evaluator
+scores the dev set; training is the same for all: the head's own loss, AdamW with decoupled weight decay
+(not on biases and LayerNorm), linear warm-up to the peak lr then linear decay to 0, stepped per update.
+Sequence heads read the first token (`<s>` / `[CLS]`): RoBERTa's classification head does so directly,
+BERT's through its pooler.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from harness.downstream.encode import quiet_transformers
+from harness.downstream.evaluators import Evaluator
+from harness.models.optim import parameter_groups, warmup_steps
+from harness.tasks import TaskSpec
+
+# Batch keys the transformers heads accept; the rest (feature_index, sentence_index) are for evaluators.
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels", "start_positions", "end_positions")
+
+
+def load_finetune_model(checkpoint: Path, spec: TaskSpec) -> torch.nn.Module:
+    """The pre-trained encoder with a fresh head for the task (the MLM/NSP heads are dropped)."""
+    from transformers import (
+        AutoModelForQuestionAnswering,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
+
+    with quiet_transformers():
+        if spec.kind == "qa":
+            return AutoModelForQuestionAnswering.from_pretrained(checkpoint, local_files_only=True)
+        labels = {"id2label": dict(enumerate(spec.labels)), "label2id": {n: i for i, n in enumerate(spec.labels)}}
+        if spec.kind == "ner":
+            return AutoModelForTokenClassification.from_pretrained(checkpoint, local_files_only=True,
+                                                                   num_labels=spec.num_labels, **labels)
+        if spec.kind == "regression":  # one output and an MSE loss
+            return AutoModelForSequenceClassification.from_pretrained(
+                checkpoint, local_files_only=True, num_labels=1, problem_type="regression")
+        return AutoModelForSequenceClassification.from_pretrained(
+            checkpoint, local_files_only=True, num_labels=spec.num_labels,
+            problem_type="single_label_classification", **labels)
+
+
+class FinetuneModule(pl.LightningModule):
+    def __init__(self, model: torch.nn.Module, evaluator: Evaluator, learning_rate: float, weight_decay: float = 0.01,
+                 warmup_fraction: float = 0.06, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6) -> None:
+        super().__init__()
+        # from_pretrained returns the model in eval mode and Lightning keeps each submodule's mode: without this,
+        # fine-tuning would silently run without dropout.
+        self.model = model.train()
+        self.evaluator = evaluator
+        self.save_hyperparameters(ignore=["model", "evaluator"])
+        # (global step, dev metrics) after each dev pass: the caller reads the last one instead of re-running it
+        self.dev_history: list[tuple[int, dict[str, float]]] = []
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
+        return self.model(**{key: batch[key] for key in MODEL_INPUTS if key in batch})
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self(batch).loss
+        self.log("train_loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.log("lr", self.lr_schedulers().get_last_lr()[0], batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self.evaluator.reset()
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        output = self(batch)
+        if getattr(output, "loss", None) is not None:
+            self.log("dev_loss", output.loss, batch_size=batch["input_ids"].shape[0])
+        self.evaluator.update(batch, output)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        metrics = self.evaluator.compute()
+        self.log_dict({f"dev_{name}": value for name, value in metrics.items()})
+        self.dev_history.append((self.global_step, metrics))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        from transformers import get_linear_schedule_with_warmup
+
+        hp = self.hparams
+        # The same grouping as pre-training (no decay on biases and LayerNorm), from the one place it is defined.
+        optimizer = torch.optim.AdamW(parameter_groups(self.model, hp.weight_decay), lr=hp.learning_rate,
+                                      betas=tuple(hp.betas), eps=hp.eps)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps(total, hp.warmup_fraction), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

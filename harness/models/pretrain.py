@@ -1,0 +1,212 @@
+"""Pre-training model: a stock transformers model trained with masked-LM (and optionally next-sentence) loss.
+
+The transformer is never written by hand: `build_pretraining_model` returns BertForPreTraining,
+BertForMaskedLM or RobertaForMaskedLM. `PretrainModule` calls the model's encoder and then the model's own
+head modules, but only at the masked positions (as Google's BERT, fairseq and Cramming do), which skips the
+vocabulary projection for ~85% of the tokens. Because the head modules are the model's own, a checkpoint is a
+plain `save_pretrained` checkpoint that `AutoModelForMaskedLM` (or a fine-tuning class) loads unchanged.
+
+Batch contract (one dict per micro-batch):
+    input_ids            B x L long
+    attention_mask       B x L (1 = real token, 0 = padding)
+    token_type_ids       B x L long, present only when the model has segment embeddings
+    labels               B x L long, the original token at masked positions, -100 elsewhere
+    next_sentence_label  B long, only with NSP: 0 = segment B follows A, 1 = B is random
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAccuracy
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BertForPreTraining,
+    PreTrainedModel,
+    RobertaConfig,
+    RobertaForMaskedLM,
+)
+
+from harness.config import ModelConfig, OptimConfig
+from harness.models.optim import build_lr_schedule, build_optimizer
+
+IGNORE_INDEX = -100  # labels at positions that are not predicted (the transformers / PyTorch convention)
+# Layer-norm epsilon of the released checkpoints: Google's BERT 1e-12, fairseq's RoBERTa 1e-5.
+LAYER_NORM_EPS = {"bert": 1e-12, "roberta": 1e-5}
+
+
+def build_pretraining_model(model: ModelConfig, *, vocab_size: int, pad_token_id: int, bos_token_id: int | None,
+                            eos_token_id: int | None, max_seq_length: int, nsp: bool,
+                            segment_embeddings: bool) -> PreTrainedModel:
+    """A freshly initialised transformers model for the given size and toggles.
+
+    bert: BertForPreTraining with NSP, else BertForMaskedLM. roberta: RobertaForMaskedLM (no NSP head).
+    """
+    if nsp and model.family != "bert":
+        raise ValueError(f"nsp = True with model.family = '{model.family}': RobertaForMaskedLM has no "
+                         "next-sentence head; allowed: model.family = 'bert' for NSP")
+    common: dict[str, Any] = dict(
+        vocab_size=vocab_size, hidden_size=model.hidden, num_hidden_layers=model.layers,
+        num_attention_heads=model.heads, intermediate_size=model.intermediate, hidden_act="gelu",
+        hidden_dropout_prob=model.dropout, attention_probs_dropout_prob=model.dropout,
+        type_vocab_size=2 if segment_embeddings else 1, layer_norm_eps=LAYER_NORM_EPS[model.family],
+        pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+    )
+    if model.family == "bert":
+        # 512 positions keep the checkpoint usable for fine-tuning at BERT's usual lengths.
+        config = BertConfig(max_position_embeddings=max(max_seq_length, 512), **common)
+        return BertForPreTraining(config) if nsp else BertForMaskedLM(config)
+    # RoBERTa numbers positions from padding_idx + 1 (see create_position_ids_from_input_ids), so a sequence of
+    # L tokens uses position ids up to L + padding_idx: with the usual pad id 1 that is L + 2 embeddings.
+    config = RobertaConfig(max_position_embeddings=max_seq_length + pad_token_id + 1, **common)
+    return RobertaForMaskedLM(config)
+
+
+def model_parts(model: PreTrainedModel) -> tuple[nn.Module, nn.Module, nn.Module | None]:
+    """(encoder, MLM head, NSP head or None) of a supported pre-training model: its own submodules."""
+    if isinstance(model, BertForPreTraining):
+        return model.bert, model.cls.predictions, model.cls.seq_relationship
+    if isinstance(model, BertForMaskedLM):
+        return model.bert, model.cls, None
+    if isinstance(model, RobertaForMaskedLM):
+        return model.roberta, model.lm_head, None
+    raise TypeError(f"unsupported pre-training model {type(model).__name__}; "
+                    "expected BertForPreTraining, BertForMaskedLM or RobertaForMaskedLM")
+
+
+def sparse_mlm_token_losses(hidden: Tensor, labels: Tensor, head: nn.Module) -> Tensor:
+    """Cross-entropy of the MLM head at the masked positions only (labels != -100), one value per token.
+    Selecting the rows before the head is what saves the B x L x V projection."""
+    flat_labels = labels.reshape(-1)
+    positions = (flat_labels != IGNORE_INDEX).nonzero().squeeze(1)  # one host sync: the count sets the shape
+    logits = head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions))
+    return F.cross_entropy(logits.float(), flat_labels.index_select(0, positions), reduction="none")
+
+
+class PretrainModule(pl.LightningModule):
+    """MLM (+ NSP) pre-training of a transformers model, with the paper's optimiser and schedule.
+
+    Gradient clipping and accumulation are left to the Trainer (gradient_clip_val, accumulate_grad_batches);
+    per-update counters are gathered in `on_before_optimizer_step`, which runs once per update.
+    """
+
+    def __init__(self, model: PreTrainedModel, *, optim: OptimConfig, total_steps: int, nsp: bool,
+                 throughput_window: int = 10) -> None:
+        super().__init__()
+        has_nsp_head = model_parts(model)[2] is not None
+        if nsp != has_nsp_head:
+            raise ValueError(f"nsp = {nsp} but {type(model).__name__} {'has' if has_nsp_head else 'has no'} "
+                             "NSP head; build the model with the same nsp setting")
+        self.model = model
+        self.optim, self.total_steps, self.nsp = optim, total_steps, nsp
+        # Persistent so a resumed run keeps counting where it stopped.
+        self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.long))
+        self._update_counts = torch.zeros(2, dtype=torch.long)  # (non-padding tokens, masked tokens) this update
+        self._window: deque[tuple[float, Tensor]] = deque(maxlen=throughput_window + 1)
+        self.val_mlm_loss = MeanMetric()  # token-weighted: updated with one loss per masked token
+        if nsp:
+            self.train_nsp_acc, self.val_nsp_acc = BinaryAccuracy(), BinaryAccuracy()
+            self.val_nsp_loss = MeanMetric()
+
+    # Parts are looked up, not stored as attributes, so they are not registered twice in the state dict.
+    @property
+    def encoder(self) -> nn.Module:
+        return model_parts(self.model)[0]
+
+    @property
+    def mlm_head(self) -> nn.Module:
+        return model_parts(self.model)[1]
+
+    @property
+    def nsp_head(self) -> nn.Module | None:
+        return model_parts(self.model)[2]
+
+    def encode(self, batch: dict[str, Tensor]) -> Any:
+        extra = {"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {}
+        return self.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra)
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Per-token MLM losses and, with NSP, the next-sentence logits (B x 2)."""
+        out = self.encode(batch)
+        result = {"mlm_token_losses": sparse_mlm_token_losses(out.last_hidden_state, batch["labels"], self.mlm_head)}
+        if self.nsp:
+            result["nsp_logits"] = self.nsp_head(out.pooler_output)
+        return result
+
+    @staticmethod
+    def mean_loss(token_losses: Tensor) -> Tensor:
+        # sum / count rather than .mean(): a micro-batch without masked tokens gives 0, not NaN.
+        return token_losses.sum() / max(token_losses.numel(), 1)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        out = self(batch)
+        batch_size = batch["input_ids"].shape[0]
+        mlm_loss = self.mean_loss(out["mlm_token_losses"])
+        loss = mlm_loss
+        self.log("train/mlm_loss", mlm_loss, on_step=True, prog_bar=True, batch_size=batch_size)
+        if self.nsp:
+            target = batch["next_sentence_label"]
+            nsp_loss = F.cross_entropy(out["nsp_logits"].float(), target)
+            loss = loss + nsp_loss  # unweighted sum, as BertForPreTraining and Google's BERT
+            self.train_nsp_acc(out["nsp_logits"].argmax(-1), target)
+            self.log("train/nsp_loss", nsp_loss, on_step=True, batch_size=batch_size)
+            self.log("train/nsp_acc", self.train_nsp_acc, on_step=True, on_epoch=False, batch_size=batch_size)
+        self._count_micro_batch(batch["attention_mask"], out["mlm_token_losses"].numel())
+        return loss
+
+    def _count_micro_batch(self, attention_mask: Tensor, masked: int) -> None:
+        # Kept on the device and summed without .item(): the host reads it only when Lightning logs.
+        if self._update_counts.device != attention_mask.device:
+            self._update_counts = self._update_counts.to(attention_mask.device)
+        self._update_counts[0] += attention_mask.sum()
+        self._update_counts[1] += masked
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Once per update, after all its micro-batches: counters summed over ranks, throughput, learning rate."""
+        counts = self.trainer.strategy.reduce(self._update_counts.clone(), reduce_op="sum")
+        self._update_counts.zero_()
+        self.tokens_seen += counts[0]
+        self.log("train/tokens_seen", self.tokens_seen.double(), on_step=True)
+        self.log("train/masked_per_update", counts[1].double(), on_step=True)
+        self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True)
+        self._window.append((time.perf_counter(), counts[0]))
+        if len(self._window) > 1:
+            elapsed = self._window[-1][0] - self._window[0][0]
+            tokens = torch.stack([count for _, count in list(self._window)[1:]]).sum()
+            self.log("train/tokens_per_s", tokens.double() / elapsed, on_step=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self._window.clear()  # evaluation time is not training throughput
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        out = self(batch)
+        self.val_mlm_loss.update(out["mlm_token_losses"])
+        if self.nsp:
+            target = batch["next_sentence_label"]
+            self.val_nsp_loss.update(F.cross_entropy(out["nsp_logits"].float(), target, reduction="none"))
+            self.val_nsp_acc.update(out["nsp_logits"].argmax(-1), target)
+
+    def on_validation_epoch_end(self) -> None:
+        # Mean over every masked token of the validation set (not a mean of batch means), synced across ranks.
+        loss = self.val_mlm_loss.compute()
+        self.log("val/mlm_loss", loss)
+        self.log("val/ppl", torch.exp(loss))
+        self.val_mlm_loss.reset()
+        if self.nsp:
+            self.log("val/nsp_loss", self.val_nsp_loss.compute())
+            self.log("val/nsp_acc", self.val_nsp_acc.compute())
+            self.val_nsp_loss.reset()
+            self.val_nsp_acc.reset()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = build_optimizer(self.model, self.optim)
+        schedule = build_lr_schedule(optimizer, self.optim, self.total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "frequency": 1}}

@@ -1,0 +1,107 @@
+"""The run directory: config first, refusal of a different config, done / resumable detection, atomic final metrics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from harness import runs
+from harness.config import dump_yaml, load_config, read_yaml
+from harness.runs import RunDirError, prepare_run_dir, read_final_metrics, run_dir, write_final_metrics
+
+
+@pytest.fixture
+def config():
+    return load_config(preset="tiny", overrides=["experiment=unit", "seed=3"])
+
+
+def test_run_dir_layout(tmp_path, config):
+    path = run_dir(tmp_path, config)
+    assert path == tmp_path / "unit" / "runs" / f"{config.run_name()}__{config.run_id()}"
+    assert path.name.startswith("roberta-tiny-full_sentences-nonsp-dynamic-bs32__")
+
+
+def test_new_run_writes_config_and_environment(tmp_path, config):
+    run = prepare_run_dir(config, tmp_path)
+    assert run.status == "new" and not run.done and run.last_checkpoint is None
+    assert run.config_path.read_text() == dump_yaml(config)
+    env = json.loads(run.env_path.read_text())
+    assert env["run_id"] == config.run_id() and env["seed"] == 3
+    assert env["packages"]["torch"] == torch.__version__
+    assert {"python", "platform", "hardware", "git"} <= set(env)
+
+
+def test_config_is_written_before_anything_else(tmp_path, config, monkeypatch):
+    def broken_environment(_config):
+        raise RuntimeError("environment probe failed")
+
+    monkeypatch.setattr(runs, "environment_record", broken_environment)
+    with pytest.raises(RuntimeError):
+        prepare_run_dir(config, tmp_path)
+    path = run_dir(tmp_path, config)
+    assert sorted(p.name for p in path.iterdir()) == ["config.yaml"]
+    monkeypatch.undo()
+    assert prepare_run_dir(config, tmp_path).status == "new"  # the half-created directory is usable
+    assert (path / "env.json").is_file()
+
+
+def test_directory_with_a_different_config_is_refused(tmp_path, config):
+    run = prepare_run_dir(config, tmp_path)
+    other = load_config(preset="tiny", overrides=["experiment=unit", "seed=4"])
+    run.config_path.write_text(dump_yaml(other))  # e.g. edited by hand, or defaults changed between versions
+    with pytest.raises(RunDirError) as info:
+        prepare_run_dir(config, tmp_path)
+    message = str(info.value)
+    assert "\n" not in message and "seed: 4 there, 3 now" in message
+
+
+def test_speed_only_settings_may_change_on_relaunch(tmp_path, config):
+    first = prepare_run_dir(config, tmp_path)
+    faster = load_config(preset="tiny", overrides=["experiment=unit", "seed=3", "impl.threads=2"])
+    again = prepare_run_dir(faster, tmp_path)
+    assert again.path == first.path and again.status == "new"
+    assert read_yaml(again.config_path)["impl"]["threads"] is None  # the first config is kept, not rewritten
+    assert len(json.loads(again.env_path.read_text())["resumes"]) == 1
+
+
+def test_foreign_directory_is_refused(tmp_path, config):
+    path = run_dir(tmp_path, config)
+    path.mkdir(parents=True)
+    (path / "notes.txt").write_text("someone else's files")
+    with pytest.raises(RunDirError, match="no config.yaml"):
+        prepare_run_dir(config, tmp_path)
+
+
+def test_resumable_when_a_last_checkpoint_exists(tmp_path, config):
+    run = prepare_run_dir(config, tmp_path)
+    run.checkpoint_dir.mkdir()
+    (run.checkpoint_dir / "last.ckpt").write_bytes(b"checkpoint")
+    again = prepare_run_dir(config, tmp_path)
+    assert again.status == "resumable" and again.last_checkpoint == run.checkpoint_dir / "last.ckpt"
+
+
+def test_final_metrics_mark_the_run_done_and_are_never_overwritten(tmp_path, config):
+    run = prepare_run_dir(config, tmp_path)
+    run.checkpoint_dir.mkdir()
+    (run.checkpoint_dir / "last.ckpt").write_bytes(b"checkpoint")
+    write_final_metrics(run, {"val/ppl": torch.tensor(3.5), "steps": 200})
+    assert read_final_metrics(run) == {"val/ppl": 3.5, "steps": 200}
+    env_before = run.env_path.read_text()
+
+    done = prepare_run_dir(config, tmp_path)
+    assert done.status == "done" and done.done
+    assert run.env_path.read_text() == env_before  # a finished run is left untouched
+    with pytest.raises(RunDirError, match="already done"):
+        write_final_metrics(done, {"val/ppl": 1.0})
+    assert read_final_metrics(run)["val/ppl"] == 3.5
+
+
+def test_failed_final_metrics_write_leaves_the_run_unfinished(tmp_path, config):
+    run = prepare_run_dir(config, tmp_path)
+    with pytest.raises(TypeError):
+        write_final_metrics(run, {"val/ppl": 3.5, "bad": object()})
+    assert not run.final_metrics_path.exists()
+    assert [p.name for p in run.path.iterdir() if p.name.startswith(".final_metrics")] == []
+    assert prepare_run_dir(config, tmp_path).status == "new"
