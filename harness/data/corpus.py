@@ -26,7 +26,6 @@ from harness.config import CorpusConfig, RunConfig
 from harness.data import segment
 from harness.data.documents import (
     CorpusError,
-    EncodingErrors,
     describe_source,
     fingerprint,
     load_documents,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.config import ConfigError, RunConfig
-from harness.data.documents import EncodingErrors, fingerprint, load_documents, source_identity, validation_mask
+from harness.data.documents import fingerprint, load_documents, source_identity, validation_mask
 from harness.data.segment import split_paragraphs
 from harness.paths import atomic_dir, cache_root, resolve_data_path
 
