@@ -83,7 +83,30 @@ def synthetic_data(num_examples: int, seq_len: int, vocab_size: int, seed: int) 
     return BenchData(dataset, collate, vocab_size, tokenizer.pad_token_id, 0, 2)
 
 
-DATA_SOURCES: dict[str, Callable[[int, int, int, int], BenchData]] = {"synthetic": synthetic_data}
+def wikitext_data(num_examples: int, seq_len: int, vocab_size: int, seed: int) -> BenchData:
+    """Real inputs: WikiText-2 packed by the harness (full_sentences, byte-level BPE trained by the harness), fed to
+    both arms through the Hugging Face collator so the arms differ only in the training step."""
+    from transformers import DataCollatorForLanguageModeling
+
+    from harness.config import load_config
+    from harness.recipe import build_datamodule, resolve_recipe
+
+    config = load_config(overrides=["corpus.path=corpora/wikitext-2-raw/wiki.valid.raw", "impl.num_proc=2",
+                                    f"tokenizer.vocab_size={vocab_size}", f"data.max_seq_length={seq_len}",
+                                    "data.packing=full_sentences"])
+    data = build_datamodule(config, resolve_recipe(config))
+    data.setup("fit")
+    packed = data.train_examples.packed
+    rows = [packed.row(r).tolist() for r in range(min(num_examples, len(packed)))]
+    dataset = [{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in rows]
+    tokenizer = data.tokenizer
+    collate = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, seed=seed)
+    return BenchData(dataset, collate, len(tokenizer), data.specials.pad_id, data.specials.cls_id,
+                     data.specials.sep_id)
+
+
+DATA_SOURCES: dict[str, Callable[[int, int, int, int], BenchData]] = {"synthetic": synthetic_data,
+                                                                      "wikitext": wikitext_data}
 
 
 # ---- the arms ---------------------------------------------------------------------------------------------------
