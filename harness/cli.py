@@ -71,6 +71,17 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from harness.finetune import finetune, load_finetune_config
+
+    settings = load_finetune_config(args.overrides)
+    summary = finetune(args.checkpoint, args.task, args.data_dir, settings, args.results)
+    print(json.dumps({key: summary[key] for key in ("task", "selection_metric", "best_learning_rate", "best",
+                                                    "best_dev_medians", "best_on_grid_edge", "study_dir")},
+                     indent=2))
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """Run a study file: pre-train every arm, fine-tune each, print the comparison table."""
     from harness.study import format_table, load_study, run_study
@@ -94,11 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
         ("corpus", cmd_corpus, "load, segment, tokenize and cache a corpus; print statistics"),
         ("inspect-data", cmd_inspect_data, "write the exact training batches as JSON lines, show and measure them"),
         ("pretrain", cmd_pretrain, "pre-train one run into results/<experiment>/runs/ (resumes if interrupted)"),
+        ("finetune", cmd_finetune, "fine-tune a checkpoint on a task over the lr x seed grid (paper protocol)"),
         ("quickstart", cmd_quickstart, "run a study (default: the quickstart): pre-train arms, fine-tune, compare"),
     ]
     for name, func, help_text in commands:
         command = sub.add_parser(name, help=help_text, description=help_text)
-        if name == "quickstart":
+        if name == "finetune":
+            command.add_argument("--checkpoint", type=Path, required=True,
+                                 help="a save_pretrained directory with its tokenizer (e.g. a run's model/)")
+            command.add_argument("--task", required=True, help="task name, e.g. sst2, mnli, squad_v2, conll2003")
+            command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                                 help="override a fine-tuning setting, e.g. --set learning_rates=[3e-5] (repeatable)")
+            command.add_argument("--data-dir", type=Path, default=None,
+                                 help="root holding glue/<TASK>/, squad/, ner/ (default: $HARNESS_DATA_DIR)")
+            command.add_argument("--results", type=Path, default=Path("results"), help="results root folder")
+        elif name == "quickstart":
             command.add_argument("--study", type=Path, default=Path("experiments/quickstart.study.yaml"),
                                  help="study file: a base config, named arms, fine-tuning settings")
             command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

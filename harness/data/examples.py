@@ -19,7 +19,7 @@ from harness.data.packing import Example, draws_randomly, iter_copies
 from harness.data.specials import SpecialTokens
 from harness.paths import atomic_dir
 
-EXAMPLES_CACHE_VERSION = 1
+EXAMPLES_CACHE_VERSION = 2
 NO_NSP = -1
 
 

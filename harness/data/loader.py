@@ -49,7 +49,14 @@ class EpochBatchSampler(Sampler[list[Key]]):
         self.batch_size, self.max_tokens = batch_size, max_tokens
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
-        self.skip = 0  # batches of the current epoch already consumed before a resume
+        self.skip = 0  # batches of epoch `skip_epoch` already consumed before a resume
+        self.skip_epoch = 0
+
+    @property
+    def sampler(self) -> EpochBatchSampler:
+        # Lightning advances epochs by calling set_epoch on `loader.batch_sampler.sampler`; without this it would
+        # never reach us and every epoch would replay epoch 0's order and masks.
+        return self
 
     def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of every epoch
         self.epoch = epoch
@@ -67,7 +74,9 @@ class EpochBatchSampler(Sampler[list[Key]]):
         return batches[self.rank : usable : self.world_size]
 
     def __iter__(self) -> Iterator[list[Key]]:
-        skip, self.skip = self.skip, 0
+        # A state saved at the end of an epoch resumes into the next one, which must then start from its beginning.
+        skip = self.skip if self.epoch == self.skip_epoch else 0
+        self.skip = 0
         for batch in self._batches()[skip:]:
             yield [(self.epoch, int(i)) for i in batch]
 
@@ -88,17 +97,20 @@ class ResumableDataLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Any]:
         sampler: EpochBatchSampler = self.batch_sampler  # type: ignore[assignment]
-        self._served_epoch, self._served = sampler.epoch, sampler.skip
+        resumed = sampler.skip if sampler.epoch == sampler.skip_epoch else 0
+        self._served_epoch, self._served = sampler.epoch, resumed
         for batch in super().__iter__():
             self._served += 1
             yield batch
 
     def state_dict(self) -> dict[str, int]:
         if self._served == 0:  # nothing served yet in this epoch: the sampler's epoch is the current one
-            return {"epoch": self.batch_sampler.epoch, "batches_served": self.batch_sampler.skip}  # type: ignore
+            sampler: EpochBatchSampler = self.batch_sampler  # type: ignore[assignment]
+            pending = sampler.skip if sampler.epoch == sampler.skip_epoch else 0
+            return {"epoch": sampler.epoch, "batches_served": pending}
         return {"epoch": self._served_epoch, "batches_served": self._served}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         sampler: EpochBatchSampler = self.batch_sampler  # type: ignore[assignment]
         sampler.set_epoch(state["epoch"])
-        sampler.skip = state["batches_served"]
+        sampler.skip, sampler.skip_epoch = state["batches_served"], state["epoch"]

@@ -7,7 +7,7 @@ resumed run, a different batch size or a different number of workers sees exactl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from harness.config import RunConfig
+from harness.config import ConfigError, RunConfig
 from harness.data.examples import NO_NSP, PackedExamples, PackingPlan, build_packed
 from harness.data.loader import EpochBatchSampler, Key, ResumableDataLoader
 from harness.data.masking import (
@@ -158,16 +158,19 @@ class PretrainDataModule(pl.LightningDataModule):
         self.tokenizer, self.tokenizer_dir = corpus.tokenizer, corpus.tokenizer_dir
         self.specials = SpecialTokens.from_tokenizer(corpus.tokenizer)
         root = cache_root(self.config.impl.cache_dir) / "examples"
-        corpus_key = corpus.cache_dir.name
         packed = []
-        for split, plan in zip((corpus.train, corpus.validation), self._plans(), strict=True):
+        for name, split, plan in zip(("train", "validation"), (corpus.train, corpus.validation), self._plans(),
+                                     strict=True):
             documents = split["sentences"]
-            if plan.nsp and len(documents) < 2:
-                from harness.config import ConfigError
-
-                raise ConfigError(f"data.nsp = true needs at least two documents to draw random B segments from; "
-                                  f"this corpus split has {len(documents)}")
-            packed.append(build_packed(documents, plan, self.specials, root / plan.key(corpus_key), corpus_key))
+            if plan.nsp and len(documents) == 0:  # no validation documents: nothing to pack, no pair to draw
+                plan = replace(plan, nsp=False)
+            elif plan.nsp and len(documents) < 2:
+                hint = "raise corpus.validation_fraction" if name == "validation" else "use a larger corpus"
+                raise ConfigError(f"data.nsp = true needs at least two documents in the {name} split to draw random "
+                                  f"B segments from; it has {len(documents)} ({hint})")
+            # The split is part of the key: equal plans over different documents must never share a cache entry.
+            key = f"{corpus.cache_dir.name}/{name}"
+            packed.append(build_packed(documents, plan, self.specials, root / plan.key(key), key))
         return packed[0], packed[1]
 
     def prepare_data(self) -> None:

@@ -35,7 +35,7 @@ SPECIAL_TOKENS: dict[str, tuple[str, ...]] = {
 }
 _MODEL_TYPES = {"BPE": "bpe", "WordPiece": "wordpiece"}
 # Bump when training changes in a way that changes the result: it is part of the cache key.
-TOKENIZER_VERSION = 1
+TOKENIZER_VERSION = 2
 SETTINGS_FILE = "harness-tokenizer.json"
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,16 @@ def train_bpe(texts: Iterable[str], vocab_size: int, lowercase: bool, min_freque
     return RobertaTokenizer(tokenizer_object=backend, add_prefix_space=False)
 
 
+def _renumbered_wordpiece(vocab: dict[str, int], special: list[str], unk: str) -> Any:
+    """The WordPiece trainer learns the same pieces every time but numbers the '##' pieces in hash-map order
+    (huggingface/tokenizers#1794), so two runs of one recipe would disagree on token ids. Ids carry no meaning in
+    WordPiece: number the specials first, then every other piece in sorted order, and the ids are reproducible."""
+    from tokenizers import models
+
+    ordinary = sorted(token for token in vocab if token not in special)
+    return models.WordPiece(vocab={token: i for i, token in enumerate([*special, *ordinary])}, unk_token=unk)
+
+
 def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool, min_frequency: int
                     ) -> PreTrainedTokenizerBase:
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -80,6 +90,7 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool, min_
                                         special_tokens=[pad, unk, cls, sep, mask],
                                         limit_alphabet=min(1000, max(100, vocab_size // 10)))
     backend.train_from_iterator(texts, trainer)
+    backend.model = _renumbered_wordpiece(backend.get_vocab(), special=[pad, unk, cls, sep, mask], unk=unk)
     ids = {token: backend.token_to_id(token) for token in (cls, sep)}
     backend.post_processor = processors.TemplateProcessing(
         single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1", special_tokens=list(ids.items())
