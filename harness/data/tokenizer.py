@@ -35,7 +35,7 @@ SPECIAL_TOKENS: dict[str, tuple[str, ...]] = {
 }
 _MODEL_TYPES = {"BPE": "bpe", "WordPiece": "wordpiece"}
 # Bump when training changes in a way that changes the result: it is part of the cache key.
-TOKENIZER_VERSION = 2
+TOKENIZER_VERSION = 3
 SETTINGS_FILE = "harness-tokenizer.json"
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,20 @@ def train_bpe(texts: Iterable[str], vocab_size: int, lowercase: bool, min_freque
     return RobertaTokenizer(tokenizer_object=backend, add_prefix_space=False)
 
 
+def _wordpiece_alphabet(texts: list[str], normalizer: Any, limit: int) -> list[str]:
+    """The `limit` most frequent characters, ties broken by the character itself. Without a cap the alphabet of a
+    multilingual corpus (WikiText) could use up a small vocabulary by itself; the trainer's own cap breaks ties at
+    the cut-off in hash-map order, so two trainings could keep different rare characters and learn different pieces.
+    Passed as the initial alphabet with limit_alphabet = its size, the choice is ours and reproducible."""
+    from collections import Counter
+
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(normalizer.normalize_str(text))
+    chars = sorted((c for c in counts if not c.isspace()), key=lambda c: (-counts[c], c))
+    return chars[:limit]
+
+
 def _renumbered_wordpiece(vocab: dict[str, int], special: list[str], unk: str) -> Any:
     """The WordPiece trainer learns the same pieces every time but numbers the '##' pieces in hash-map order
     (huggingface/tokenizers#1794), so two runs of one recipe would disagree on token ids. Ids carry no meaning in
@@ -85,10 +99,11 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool, min_
                                                     lowercase=lowercase)
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.decoder = decoders.WordPiece(prefix="##")
-    # Without a cap the alphabet of a multilingual corpus (WikiText) could use up a small vocabulary by itself.
+    texts = list(texts)
+    alphabet = _wordpiece_alphabet(texts, backend.normalizer, limit=min(1000, max(100, vocab_size // 10)))
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
-                                        special_tokens=[pad, unk, cls, sep, mask],
-                                        limit_alphabet=min(1000, max(100, vocab_size // 10)))
+                                        special_tokens=[pad, unk, cls, sep, mask], initial_alphabet=alphabet,
+                                        limit_alphabet=len(alphabet))
     backend.train_from_iterator(texts, trainer)
     backend.model = _renumbered_wordpiece(backend.get_vocab(), special=[pad, unk, cls, sep, mask], unk=unk)
     ids = {token: backend.token_to_id(token) for token in (cls, sep)}
