@@ -1,0 +1,280 @@
+"""Fine-tune a checkpoint on a downstream task with the paper's protocol and record every trial.
+
+Protocol (BERT's, which the RoBERTa ablation tables follow): for each learning rate of the grid and each
+seed, fine-tune from the checkpoint and score the dev set; the reported lr is the one with the best MEDIAN
+dev score over seeds (the lr is a nuisance parameter, tuned per checkpoint), reported with its min, max
+and inter-quartile range.
+
+Layout: results_root/<experiment>/finetune/<checkpoint>__<task>__<study id>/
+    summary.json                      aggregate over the grid, rewritten at the end of each call
+    lr<lr>__seed<seed>/config.json    resolved settings, written first; env.json beside it (harness.runs)
+    lr<lr>__seed<seed>/logs/          CSVLogger curves (a resumed trial adds a version folder)
+    lr<lr>__seed<seed>/final_metrics.json  final dev metrics, written atomically last: marks the trial done
+The study id hashes the checkpoint's content, the task spec and every setting that changes a score, but
+not the grid (learning rates, seeds: extending it reuses finished trials) and not `impl` (speed only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import sys
+import time
+import warnings
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, ValidationError, model_validator
+
+from harness.config import ConfigError, _format_error, _Section, apply_overrides
+from harness.paths import atomic_write_text
+from harness.runs import (
+    CHECKPOINT_DIR,
+    ENV_FILE,
+    LAST_CHECKPOINT,
+    RunDirError,
+    git_state,
+    hardware,
+    is_done,
+    package_versions,
+    read_final_metrics,
+    write_final_metrics,
+)
+from harness.tasks import TaskSpec, get_task
+
+
+class FinetuneImpl(_Section):
+    """Settings that change only speed or bookkeeping, never a score: not part of the study id."""
+
+    eval_batch_size: int = Field(64, ge=1, description="dev-set batch size")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = Field(
+        "32-true", description="Lightning precision: 32-true on CPU, bf16-mixed on recent GPUs")
+    accelerator: Literal["auto", "cpu", "gpu"] = Field("auto", description="Lightning accelerator")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads; null = torch default")
+    keep_checkpoints: bool = Field(False, description="keep a finished trial's last.ckpt (kept only to resume)")
+    log_every_steps: int = Field(10, ge=1, description="log training loss every N updates")
+
+
+class FinetuneConfig(_Section):
+    experiment: str = Field("finetune", min_length=1, description="results/<experiment>/finetune/")
+    learning_rates: tuple[float, ...] = Field((5e-5, 4e-5, 3e-5, 2e-5), min_length=1,
+                                              description="peak lr grid; the best median over seeds is reported")
+    seeds: tuple[int, ...] = Field((0, 1, 2, 3, 4), min_length=1, description="seeds per lr (head init, data order)")
+    batch_size: int = Field(32, ge=1, description="sequences per update (paper: 32)")
+    epochs: int = Field(3, ge=1, description="passes over the training set (paper: 3)")
+    max_steps: int | None = Field(None, ge=1, description="stop after N updates (smoke runs); null = epochs decide")
+    warmup_fraction: float = Field(0.06, ge=0.0, lt=1.0, description="share of the updates spent warming up")
+    weight_decay: float = Field(0.01, ge=0.0, lt=1.0, description="AdamW decoupled weight decay (not biases/norms)")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas (BERT fine-tuning: 0.9, 0.999)")
+    adam_eps: float = Field(1e-6, gt=0.0, lt=1.0, description="Adam epsilon")
+    clip_grad_norm: float = Field(1.0, ge=0.0, description="gradient clipping max norm; 0 = off")
+    max_seq_length: int | None = Field(None, ge=8, description="tokens per input; null = task default "
+                                       "(GLUE/NER 128, SQuAD 384), always capped by the checkpoint")
+    train_subsample: int | None = Field(None, ge=1, description="train on a fixed random N examples; null = all")
+    subsample_seed: int = Field(0, ge=0, description="seed of the train subsample (the same for every trial)")
+    doc_stride: int = Field(128, ge=1, description="QA: tokens of overlap between windows of a long context")
+    max_answer_length: int = Field(30, ge=1, description="QA: longest answer span in tokens")
+    n_best: int = Field(20, ge=1, description="QA: start/end candidates searched per window")
+    impl: FinetuneImpl = FinetuneImpl()
+
+    @model_validator(mode="after")
+    def _grid(self) -> FinetuneConfig:
+        if not all(0.0 < lr < 1.0 for lr in self.learning_rates):
+            raise ValueError(f"learning_rates = {list(self.learning_rates)}; allowed: numbers in (0, 1)")
+        if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ValueError(f"seeds = {list(self.seeds)}; allowed: distinct integers >= 0")
+        return self
+
+    def outcome(self) -> dict[str, Any]:
+        """The settings that change a trial's score, grid excluded."""
+        return self.model_dump(mode="json", exclude={"impl", "experiment", "learning_rates", "seeds"})
+
+
+def load_finetune_config(overrides: list[str] | None = None) -> FinetuneConfig:
+    """Defaults < `key=value` overrides (values parsed as YAML, e.g. `learning_rates=[1e-4, 5e-5]`,
+    `impl.precision=bf16-mixed`); any bad value is a ConfigError naming the field."""
+    data = apply_overrides({}, list(overrides or []))
+    try:
+        return FinetuneConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def finetune(checkpoint: Path, task: str, data_dir: str | Path | None, settings: FinetuneConfig,
+             results_root: Path) -> dict[str, Any]:
+    """Run (or finish) the lr x seed grid and return the summary that is also written to summary.json."""
+    from harness.downstream.encode import checkpoint_fingerprint, open_checkpoint
+    from harness.downstream.prepare import prepare_task_data
+
+    spec = get_task(task)
+    ckpt = open_checkpoint(checkpoint)
+    fingerprint = checkpoint_fingerprint(ckpt.path)
+    study_dir = Path(results_root) / settings.experiment / "finetune" / study_name(ckpt.path, spec, settings,
+                                                                                   fingerprint)
+    data = None
+    trials: list[dict[str, Any]] = []
+    for lr in settings.learning_rates:
+        for seed in settings.seeds:
+            trial_dir = study_dir / f"lr{lr:g}__seed{seed}"
+            if not is_done(trial_dir) and data is None:  # load and encode only if needed
+                data = prepare_task_data(spec, ckpt, data_dir, max_seq_length=settings.max_seq_length,
+                                         train_subsample=settings.train_subsample,
+                                         subsample_seed=settings.subsample_seed, doc_stride=settings.doc_stride,
+                                         n_best=settings.n_best, max_answer_length=settings.max_answer_length)
+            trials.append(_trial(trial_dir, spec, ckpt, fingerprint, data, settings, lr, seed))
+    summary = summarize(spec, trials, settings)
+    summary.update(checkpoint=str(ckpt.path), checkpoint_fingerprint=fingerprint, study_dir=str(study_dir))
+    atomic_write_text(study_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def study_name(checkpoint: Path, spec: TaskSpec, settings: FinetuneConfig, fingerprint: str) -> str:
+    identity = {"checkpoint": fingerprint, "task": spec.to_dict(), "settings": settings.outcome()}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{checkpoint.name}__{spec.name}__{digest}"
+
+
+def _trial(trial_dir: Path, spec: TaskSpec, ckpt: Any, fingerprint: str, data: Any, settings: FinetuneConfig,
+           lr: float, seed: int) -> dict[str, Any]:
+    if is_done(trial_dir):  # finished: skipped, never overwritten
+        return read_final_metrics(trial_dir)
+    config = {"task": spec.to_dict(), "checkpoint": {"path": str(ckpt.path), "fingerprint": fingerprint},
+              "settings": settings.model_dump(mode="json"), "learning_rate": lr, "seed": seed,
+              "resolved": {"max_seq_length": data.max_seq_length, "doc_stride": data.doc_stride,
+                           "train_examples": data.train_examples, "train_features": len(data.train),
+                           "dev_examples": data.dev_examples, "train_subsample": settings.train_subsample}}
+    _write_or_check_config(trial_dir / "config.json", config)
+    _record_environment(trial_dir / ENV_FILE, seed)
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        result = run_trial(trial_dir, spec, ckpt, data, settings, lr, seed)
+    result.update(learning_rate=lr, seed=seed, train_examples=data.train_examples,
+                  train_subsample=settings.train_subsample, wall_s=round(time.perf_counter() - started, 2))
+    write_final_metrics(trial_dir, result)
+    if not settings.impl.keep_checkpoints:
+        shutil.rmtree(trial_dir / CHECKPOINT_DIR, ignore_errors=True)
+    return result
+
+
+def _record_environment(path: Path, seed: int) -> None:
+    """First launch: the environment; a relaunch (resume) may run elsewhere, so it is added, not swapped in."""
+    record = environment(seed)
+    if path.is_file():
+        first = json.loads(path.read_text(encoding="utf-8"))
+        record = {**first, "resumes": [*first.get("resumes", []), record]}
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+
+
+def _write_or_check_config(path: Path, config: dict[str, Any]) -> None:
+    """An interrupted trial resumes only under the same outcome settings; anything else is refused loudly."""
+    config = json.loads(json.dumps(config))  # compare as stored: tuples become lists
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        for key in ("task", "learning_rate", "seed", "resolved"):
+            if old.get(key) != config[key]:
+                raise RunDirError(f"{path.parent}: an unfinished trial with a different '{key}' is in the way; "
+                                  "delete the folder to start it over")
+        old_settings = {k: v for k, v in old.get("settings", {}).items() if k != "impl"}
+        if old_settings != {k: v for k, v in config["settings"].items() if k != "impl"}:
+            raise RunDirError(f"{path.parent}: an unfinished trial with different settings is in the way; "
+                              "delete the folder to start it over")
+    atomic_write_text(path, json.dumps(config, indent=2) + "\n")
+
+
+def run_trial(trial_dir: Path, spec: TaskSpec, ckpt: Any, data: Any, settings: FinetuneConfig, lr: float,
+              seed: int) -> dict[str, Any]:
+    """One fine-tuning run under a Lightning Trainer; resumes from checkpoints/last.ckpt if a previous run of this
+    trial was interrupted. Returns the final dev metrics."""
+    import pytorch_lightning as pl
+    import torch
+
+    from harness.downstream.encode import pad_batch
+    from harness.models.finetune import FinetuneModule, load_finetune_model
+
+    if settings.impl.threads:
+        torch.set_num_threads(settings.impl.threads)
+    pl.seed_everything(seed, workers=True, verbose=False)  # before the head is initialised and data shuffled
+    module = FinetuneModule(load_finetune_model(ckpt.path, spec), data.make_evaluator(), learning_rate=lr,
+                            weight_decay=settings.weight_decay, warmup_fraction=settings.warmup_fraction,
+                            betas=settings.adam_betas, eps=settings.adam_eps)
+
+    def loader(features: list[dict[str, Any]], batch_size: int, shuffle: bool) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(features, batch_size=batch_size, shuffle=shuffle,
+                                           num_workers=settings.impl.num_workers,
+                                           collate_fn=lambda rows: pad_batch(rows, ckpt.tokenizer.pad_token_id))
+
+    train = loader(data.train, settings.batch_size, shuffle=True)
+    dev = loader(data.dev, settings.impl.eval_batch_size, shuffle=False)
+    last = trial_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    trainer = _trainer(trial_dir, settings)
+    trainer.fit(module, train, dev, ckpt_path=last if last.is_file() else None)
+    if not module.dev_history or module.dev_history[-1][0] != trainer.global_step:
+        trainer.validate(module, dev, verbose=False)  # training stopped between dev passes (max_steps)
+    step, metrics = module.dev_history[-1]
+    return {"dev": metrics, "score": metrics["score"], "global_step": step, "epochs": trainer.current_epoch,
+            "dev_history": [{"step": s, **m} for s, m in module.dev_history]}
+
+
+def _trainer(trial_dir: Path, settings: FinetuneConfig) -> Any:
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger
+
+    # One rolling checkpoint per epoch, kept only so an interrupted trial can resume.
+    checkpoint = ModelCheckpoint(trial_dir / CHECKPOINT_DIR, filename=LAST_CHECKPOINT.removesuffix(".ckpt"),
+                                 save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True)
+    return pl.Trainer(
+        default_root_dir=trial_dir, max_epochs=settings.epochs, max_steps=settings.max_steps or -1,
+        accelerator=settings.impl.accelerator, devices=1, precision=settings.impl.precision,
+        gradient_clip_val=settings.clip_grad_norm or None, logger=CSVLogger(trial_dir, name="logs"),
+        callbacks=[checkpoint], log_every_n_steps=settings.impl.log_every_steps, num_sanity_val_steps=0,
+        enable_progress_bar=False, enable_model_summary=False)
+
+
+def environment(seed: int) -> dict[str, Any]:
+    """What produced a trial besides its config (the same record as a pre-training run's env.json)."""
+    return {"seed": seed, "time_utc": datetime.now(UTC).isoformat(timespec="seconds"), "git": git_state(),
+            "packages": {**package_versions(), "seqeval": _version("seqeval")}, "python": sys.version.split()[0],
+            "platform": platform.platform(), "hardware": hardware(), "argv": sys.argv}
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def spread(scores: list[float]) -> dict[str, Any]:
+    values = np.asarray(scores, dtype=float)
+    q25, q75 = np.percentile(values, [25, 75])
+    return {"median": float(np.median(values)), "min": float(values.min()), "max": float(values.max()),
+            "q25": float(q25), "q75": float(q75), "iqr": float(q75 - q25), "n": len(scores), "scores": scores}
+
+
+def summarize(spec: TaskSpec, trials: list[dict[str, Any]], settings: FinetuneConfig) -> dict[str, Any]:
+    """Per-lr spread of the selection score over seeds; the best lr by median (ties: the earlier grid entry)."""
+    per_lr = {lr: [t for t in trials if t["learning_rate"] == lr] for lr in settings.learning_rates}
+    stats = {lr: spread([t["score"] for t in runs]) for lr, runs in per_lr.items()}
+    best_lr = max(settings.learning_rates, key=lambda lr: stats[lr]["median"])
+    best_runs = per_lr[best_lr]
+    metric_medians = {name: float(np.median([t["dev"][name] for t in best_runs])) for name in best_runs[0]["dev"]}
+    return {
+        "task": spec.name, "task_version": spec.version, "selection_metric": spec.selection_metric,
+        "official_metrics": list(spec.metrics), "best_learning_rate": best_lr, "best": stats[best_lr],
+        "best_dev_medians": metric_medians,
+        # Google's tuning playbook: a best value on the edge of the grid means the grid should be widened.
+        "best_on_grid_edge": len(settings.learning_rates) > 1 and best_lr in (min(settings.learning_rates),
+                                                                              max(settings.learning_rates)),
+        "per_learning_rate": {f"{lr:g}": s for lr, s in stats.items()},
+        "train_examples": trials[0].get("train_examples"), "train_subsample": settings.train_subsample,
+        "settings": settings.model_dump(mode="json"),
+        "trials": [{"learning_rate": t["learning_rate"], "seed": t["seed"], "score": t["score"]} for t in trials],
+    }
