@@ -18,11 +18,9 @@ from urllib.parse import urlparse
 from harness.config import HarnessError
 from harness.downstream.conll import NerSentence, iob1_to_iob2, read_conll
 from harness.downstream.glue import TextExample, read_glue_file
-from harness.downstream.squad import QAExample, qa_examples_from_records, read_squad_json
+from harness.downstream.squad import qa_examples_from_records, read_squad_json
 from harness.paths import data_root
 from harness.tasks import TaskSpec
-
-Example = TextExample | QAExample | NerSentence
 
 
 def load_examples(spec: TaskSpec, split: str, data_dir: str | Path | None = None) -> list[Any]:
