@@ -33,11 +33,13 @@ class ConfigError(HarnessError):
     """A config value that is not allowed; the message is one line meant for the user."""
 
 
-class _Section(BaseModel):
+class ConfigSection(BaseModel):
+    """Base of every config section: frozen, unknown keys rejected, defaults validated too."""
+
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
 
-class CorpusConfig(_Section):
+class CorpusConfig(ConfigSection):
     layout: Literal["wikitext", "jsonl", "text_dir"] = Field(
         "wikitext",
         description="wikitext: articles start at ' = Title = ' lines; jsonl: one document per record; "
@@ -75,7 +77,7 @@ class CorpusConfig(_Section):
         return self
 
 
-class TokenizerConfig(_Section):
+class TokenizerConfig(ConfigSection):
     kind: Literal["bpe", "wordpiece"] = Field(
         "bpe", description="bpe: byte-level BPE with <s> </s> (RoBERTa); wordpiece: [CLS] [SEP] (BERT)"
     )
@@ -87,7 +89,7 @@ class TokenizerConfig(_Section):
     )
 
 
-class DataConfig(_Section):
+class DataConfig(ConfigSection):
     max_seq_length: int = Field(128, ge=3, le=8192, description="maximum tokens per input, special tokens included")
     packing: PackingMode = Field(
         "full_sentences",
@@ -141,7 +143,7 @@ MODEL_SIZES: dict[str, tuple[int, int, int, int]] = {
 }
 
 
-class ModelConfig(_Section):
+class ModelConfig(ConfigSection):
     family: Literal["bert", "roberta"] = Field(
         "roberta", description="transformers model class: bert (BertForPreTraining) or roberta (RobertaForMaskedLM)"
     )
@@ -165,7 +167,7 @@ class ModelConfig(_Section):
         return MODEL_SIZES[self.size][3]
 
 
-class OptimConfig(_Section):
+class OptimConfig(ConfigSection):
     peak_lr: float = Field(5e-4, gt=0.0, lt=1.0, description="peak learning rate after warm-up")
     betas: tuple[float, float] = Field((0.9, 0.98), description="Adam betas (paper: 0.999, 0.98 for large batches)")
     eps: float = Field(1e-6, gt=0.0, lt=1.0, description="Adam epsilon")
@@ -187,7 +189,7 @@ class OptimConfig(_Section):
         return self
 
 
-class BudgetConfig(_Section):
+class BudgetConfig(ConfigSection):
     max_steps: int | None = Field(200, ge=1, description="optimizer updates to train for (set this or max_tokens)")
     max_tokens: int | None = Field(None, ge=1, description="input tokens to train on (set this or max_steps)")
     val_every_steps: int = Field(50, ge=1, description="run held-out MLM evaluation every N updates")
@@ -200,7 +202,7 @@ class BudgetConfig(_Section):
         return self
 
 
-class ImplConfig(_Section):
+class ImplConfig(ConfigSection):
     """Settings that change only speed, never the result: not part of the run id."""
 
     micro_batch_size: int | None = Field(
@@ -223,7 +225,7 @@ class ImplConfig(_Section):
     progress_bar: bool = Field(True, description="show Lightning's progress bar")
 
 
-class LoggingConfig(_Section):
+class LoggingConfig(ConfigSection):
     wandb: bool = Field(True, description="also log to Weights & Biases (CSV is always written)")
     wandb_mode: Literal["offline", "online", "disabled"] = Field(
         "offline", description="offline never needs a login; run `wandb sync` later to upload"
@@ -235,7 +237,7 @@ class LoggingConfig(_Section):
 OUTCOME_SECTIONS = ("seed", "corpus", "tokenizer", "data", "model", "optim", "budget")
 
 
-class RunConfig(_Section):
+class RunConfig(ConfigSection):
     experiment: str = Field("quickstart", min_length=1, description="experiment name: results/<experiment>/")
     name: str | None = Field(None, description="run name; null = derived from the recipe toggles")
     seed: int = Field(0, ge=0, description="seed for data order, masks, NSP negatives and initialisation")
@@ -326,7 +328,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _format_error(err: ValidationError) -> str:
+def format_validation_error(err: ValidationError) -> str:
+    """pydantic's first error as one line naming the field, the value and what is allowed."""
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"])
     msg = first["msg"].removeprefix("Value error, ")
@@ -346,7 +349,7 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_error(err)) from None
+        raise ConfigError(format_validation_error(err)) from None
 
 
 def to_dict(config: RunConfig) -> dict[str, Any]:

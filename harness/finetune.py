@@ -31,7 +31,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
-from harness.config import ConfigError, _format_error, _Section, apply_overrides
+from harness.config import ConfigError, ConfigSection, apply_overrides, format_validation_error
 from harness.paths import atomic_write_text
 from harness.runs import (
     CHECKPOINT_DIR,
@@ -48,7 +48,7 @@ from harness.runs import (
 from harness.tasks import TaskSpec, get_task
 
 
-class FinetuneImpl(_Section):
+class FinetuneImpl(ConfigSection):
     """Settings that change only speed or bookkeeping, never a score: not part of the study id."""
 
     eval_batch_size: int = Field(64, ge=1, description="dev-set batch size")
@@ -61,7 +61,7 @@ class FinetuneImpl(_Section):
     log_every_steps: int = Field(10, ge=1, description="log training loss every N updates")
 
 
-class FinetuneConfig(_Section):
+class FinetuneConfig(ConfigSection):
     experiment: str = Field("finetune", min_length=1, description="results/<experiment>/finetune/")
     learning_rates: tuple[float, ...] = Field((5e-5, 4e-5, 3e-5, 2e-5), min_length=1,
                                               description="peak lr grid; the best median over seeds is reported")
@@ -103,7 +103,7 @@ def load_finetune_config(overrides: list[str] | None = None) -> FinetuneConfig:
     try:
         return FinetuneConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_error(err)) from None
+        raise ConfigError(format_validation_error(err)) from None
 
 
 def finetune(checkpoint: Path, task: str, data_dir: str | Path | None, settings: FinetuneConfig,
