@@ -24,7 +24,6 @@ import sys
 import time
 import warnings
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -241,15 +240,8 @@ def _trainer(trial_dir: Path, settings: FinetuneConfig) -> Any:
 def environment(seed: int) -> dict[str, Any]:
     """What produced a trial besides its config (the same record as a pre-training run's env.json)."""
     return {"seed": seed, "time_utc": datetime.now(UTC).isoformat(timespec="seconds"), "git": git_state(),
-            "packages": {**package_versions(), "seqeval": _version("seqeval")}, "python": sys.version.split()[0],
+            "packages": package_versions(), "python": sys.version.split()[0],
             "platform": platform.platform(), "hardware": hardware(), "argv": sys.argv}
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def spread(scores: list[float]) -> dict[str, Any]:

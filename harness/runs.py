@@ -32,7 +32,7 @@ FINAL_METRICS_FILE = "final_metrics.json"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 RECORDED_PACKAGES = ("torch", "transformers", "pytorch-lightning", "tokenizers", "datasets", "torchmetrics",
-                     "wandb", "harness")
+                     "wandb", "pysbd", "seqeval", "harness")
 
 RunStatus = Literal["new", "resumable", "done"]
 
