@@ -84,10 +84,13 @@ def pretrain(config: RunConfig, data_dir: str | Path | None = None, results_root
     module = build_module(config, recipe, data)
     trainer = build_trainer(config, run, recipe, list(extra_callbacks))
     started = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=str(run.last_checkpoint) if run.last_checkpoint else None)
-    seconds = time.perf_counter() - started
-    train_metrics = _last_train_metrics(trainer)  # validate() below replaces the callback metrics
-    validation = trainer.validate(module, datamodule=data, verbose=False)[0]
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(run.last_checkpoint) if run.last_checkpoint else None)
+        seconds = time.perf_counter() - started
+        train_metrics = _last_train_metrics(trainer)  # validate() below replaces the callback metrics
+        validation = trainer.validate(module, datamodule=data, verbose=False)[0]
+    finally:
+        _finish_wandb(trainer)
     if trainer.global_rank != 0:
         return {}
     export = run.path / EXPORT_DIR
@@ -105,6 +108,15 @@ def pretrain(config: RunConfig, data_dir: str | Path | None = None, results_root
     }
     write_final_metrics(run, metrics)
     return metrics
+
+
+def _finish_wandb(trainer: pl.Trainer) -> None:
+    """Lightning leaves the wandb run open for reuse; the next run of a study would log into it."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()
 
 
 def _last_train_metrics(trainer: pl.Trainer) -> dict[str, float]:

@@ -52,6 +52,13 @@ def test_paper_arms_train_and_loss_goes_down(arm, shared_data, tmp_path):
     loss = _curve(run, "train/mlm_loss")
     assert loss.iloc[-3:].mean() < loss.iloc[:3].mean() - 0.3, loss.tolist()
     assert metrics["val_mlm_loss"] < 6.9  # ln(1000) = 6.91: below a uniform guess over the vocabulary
+    curves = read_curves(run)
+    real, padded = curves["train/tokens_per_update"].dropna(), curves["train/padded_tokens_per_update"].dropna()
+    assert (real <= padded).all() and (curves["train/masked_per_update"].dropna() > 0).all()
+    if config.optim.batch_tokens:
+        assert (real <= config.optim.batch_tokens).all()
+    else:
+        assert (padded <= 16 * 64).all()
     if config.data.nsp:
         assert 0.0 <= metrics["val_nsp_acc"] <= 1.0 and "train_nsp_loss" in metrics
 
@@ -122,7 +129,13 @@ def test_export_loads_with_auto_classes_and_gives_the_same_loss(shared_data, tmp
 def test_wandb_offline_writes_run_files(shared_data, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)  # offline must come from our config, not the environment
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    config = load_config(overrides=BASE + ["budget.max_steps=2", "budget.val_every_steps=2", "logging.wandb=true"])
-    pretrain(config, shared_data, tmp_path)
-    offline_runs = list((_run_dir(tmp_path) / "wandb").glob("offline-run-*"))
-    assert offline_runs and any(offline_runs[0].glob("*.wandb"))
+    for seed in (0, 1):  # two runs in one process, as a study runs its arms: each must get its own wandb run
+        config = load_config(overrides=BASE + ["budget.max_steps=2", "budget.val_every_steps=2", "logging.wandb=true",
+                                               f"seed={seed}"])
+        pretrain(config, shared_data, tmp_path)
+    runs = sorted(tmp_path.glob("*/runs/*"))
+    assert len(runs) == 2
+    for run in runs:
+        offline_runs = list((run / "wandb").glob("offline-run-*"))
+        assert len(offline_runs) == 1 and any(offline_runs[0].glob("*.wandb"))
+        assert offline_runs[0].name.endswith(load_config(run / "config.yaml").run_id())

@@ -109,7 +109,8 @@ class PretrainModule(pl.LightningModule):
         self.optim, self.total_steps, self.nsp = optim, total_steps, nsp
         # Persistent so a resumed run keeps counting where it stopped.
         self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.long))
-        self._update_counts = torch.zeros(2, dtype=torch.long)  # (non-padding tokens, masked tokens) this update
+        # (non-padding tokens, masked tokens, padded input positions) of the update in progress
+        self._update_counts = torch.zeros(3, dtype=torch.long)
         self._window: deque[tuple[float, Tensor]] = deque(maxlen=throughput_window + 1)
         self.val_mlm_loss = MeanMetric()  # token-weighted: updated with one loss per masked token
         if nsp:
@@ -168,6 +169,7 @@ class PretrainModule(pl.LightningModule):
             self._update_counts = self._update_counts.to(attention_mask.device)
         self._update_counts[0] += attention_mask.sum()
         self._update_counts[1] += masked
+        self._update_counts[2] += attention_mask.numel()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Once per update, after all its micro-batches: counters summed over ranks, throughput, learning rate."""
@@ -176,6 +178,9 @@ class PretrainModule(pl.LightningModule):
         self.tokens_seen += counts[0]
         self.log("train/tokens_seen", self.tokens_seen.double(), on_step=True)
         self.log("train/masked_per_update", counts[1].double(), on_step=True)
+        # Token batching (optim.batch_tokens) makes these vary per update: real tokens and what was computed.
+        self.log("train/tokens_per_update", counts[0].double(), on_step=True)
+        self.log("train/padded_tokens_per_update", counts[2].double(), on_step=True)
         self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True)
         self._window.append((time.perf_counter(), counts[0]))
         if len(self._window) > 1:
