@@ -58,6 +58,10 @@ class EpochBatchSampler(Sampler[list[Key]]):
         # never reach us and every epoch would replay epoch 0's order and masks.
         return self
 
+    def pending_skip(self) -> int:
+        """Batches of the current epoch consumed before a resume (none once the resume moved to a new epoch)."""
+        return self.skip if self.epoch == self.skip_epoch else 0
+
     def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of every epoch
         self.epoch = epoch
 
@@ -75,8 +79,7 @@ class EpochBatchSampler(Sampler[list[Key]]):
 
     def __iter__(self) -> Iterator[list[Key]]:
         # A state saved at the end of an epoch resumes into the next one, which must then start from its beginning.
-        skip = self.skip if self.epoch == self.skip_epoch else 0
-        self.skip = 0
+        skip, self.skip = self.pending_skip(), 0
         for batch in self._batches()[skip:]:
             yield [(self.epoch, int(i)) for i in batch]
 
@@ -97,8 +100,7 @@ class ResumableDataLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Any]:
         sampler: EpochBatchSampler = self.batch_sampler  # type: ignore[assignment]
-        resumed = sampler.skip if sampler.epoch == sampler.skip_epoch else 0
-        self._served_epoch, self._served = sampler.epoch, resumed
+        self._served_epoch, self._served = sampler.epoch, sampler.pending_skip()
         for batch in super().__iter__():
             self._served += 1
             yield batch
@@ -106,8 +108,7 @@ class ResumableDataLoader(DataLoader):
     def state_dict(self) -> dict[str, int]:
         if self._served == 0:  # nothing served yet in this epoch: the sampler's epoch is the current one
             sampler: EpochBatchSampler = self.batch_sampler  # type: ignore[assignment]
-            pending = sampler.skip if sampler.epoch == sampler.skip_epoch else 0
-            return {"epoch": sampler.epoch, "batches_served": pending}
+            return {"epoch": sampler.epoch, "batches_served": sampler.pending_skip()}
         return {"epoch": self._served_epoch, "batches_served": self._served}
 
     def load_state_dict(self, state: dict[str, int]) -> None:

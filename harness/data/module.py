@@ -16,10 +16,9 @@ import pytorch_lightning as pl
 import torch
 
 from harness.config import ConfigError, RunConfig
-from harness.data.examples import NO_NSP, PackedExamples, PackingPlan, build_packed
+from harness.data.examples import PackedExamples, PackingPlan, build_packed
 from harness.data.loader import EpochBatchSampler, Key, ResumableDataLoader
 from harness.data.masking import (
-    IGNORE_INDEX,
     fixed_validation_mask,
     mask_key,
     mask_rng,
@@ -125,8 +124,6 @@ class MaskingCollator:
         return batch
 
 
-assert IGNORE_INDEX == -100 and NO_NSP == -1  # the conventions the model side relies on
-
 
 class PretrainDataModule(pl.LightningDataModule):
     """Data for one pre-training run. `nsp` and `token_types` come from the recipe (resolved once, in
@@ -174,7 +171,8 @@ class PretrainDataModule(pl.LightningDataModule):
         return packed[0], packed[1]
 
     def prepare_data(self) -> None:
-        self.build()
+        if self.train_examples is None:  # pretrain() sets up before the Trainer asks again
+            self.build()
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_examples is not None:

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import HarnessError
-
-IGNORE_INDEX = -100
+from harness.data.masking import IGNORE_INDEX
 
 
 @dataclass(frozen=True, slots=True)

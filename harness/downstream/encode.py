@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from harness.config import HarnessError
-from harness.downstream.conll import IGNORE_INDEX
+from harness.data.masking import IGNORE_INDEX
 from harness.downstream.glue import TextExample
 
 WEIGHT_FILES = (

@@ -12,7 +12,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from harness.downstream.conll import IGNORE_INDEX, NerSentence
+from harness.data.masking import IGNORE_INDEX
+from harness.downstream.conll import NerSentence
 from harness.downstream.metrics import compute_percent, entity_scores, glue_metrics, selection_score, squad_scores
 from harness.downstream.squad import QAExample, QAWindow, postprocess_qa
 from harness.tasks import TaskSpec

@@ -36,9 +36,9 @@ from transformers import (
 )
 
 from harness.config import ModelConfig, OptimConfig
+from harness.data.masking import IGNORE_INDEX
 from harness.models.optim import build_lr_schedule, build_optimizer
 
-IGNORE_INDEX = -100  # labels at positions that are not predicted (the transformers / PyTorch convention)
 # Layer-norm epsilon of the released checkpoints: Google's BERT 1e-12, fairseq's RoBERTa 1e-5.
 LAYER_NORM_EPS = {"bert": 1e-12, "roberta": 1e-5}
 
