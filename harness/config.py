@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PackingMode = Literal["segment_pair", "sentence_pair", "full_sentences", "doc_sentences"]
 PAIR_PACKINGS = ("segment_pair", "sentence_pair")
 SizePreset = Literal["tiny", "mini", "small", "medium", "base", "large"]
+RecipeName = Literal["bert", "bert-reimpl", "roberta"]
 
 
 class HarnessError(ValueError):
@@ -95,8 +96,15 @@ class DataConfig(ConfigSection):
         "full_sentences",
         description="segment_pair | sentence_pair | full_sentences | doc_sentences (paper section 4.2)",
     )
+    separators: Literal["document", "fairseq"] = Field(
+        "document",
+        description="full/doc_sentences: document = one separator between two documents sharing an input (the "
+        "paper's text; default, needs no paragraph structure, which jsonl/hub corpora often lack); fairseq = </s> "
+        "after every paragraph plus one between documents, as fairseq's one-line-per-paragraph files give",
+    )
     short_seq_prob: float = Field(
-        0.1, ge=0.0, le=1.0, description="segment_pair only: probability of a shorter random target length (Google)"
+        0.0, ge=0.0, le=1.0,
+        description="segment_pair only: probability of a shorter random target length (Google 0.1; the paper 0)",
     )
     nsp: bool = Field(False, description="next-sentence prediction: pair packings only; B is random half the time")
     segment_embeddings: bool = Field(
@@ -105,7 +113,14 @@ class DataConfig(ConfigSection):
     masking: Literal["dynamic", "static"] = Field(
         "dynamic", description="dynamic: fresh mask per epoch (RoBERTa); static: dupe_factor fixed copies (BERT)"
     )
-    dupe_factor: int = Field(10, ge=1, description="static masking: number of differently masked copies of the data")
+    dupe_factor: int | Literal["auto"] = Field(
+        10, description="static masking: differently masked copies of the data (Google 10); auto = passes over the "
+        "data / 4, so each mask is shown 4 times as in the paper (10 copies over 40 epochs)"
+    )
+    static_mode: Literal["redraw", "masks_only"] = Field(
+        "redraw", description="static copies of pair packings: redraw = each copy re-draws lengths, A/B splits and "
+        "NSP negatives (Google); masks_only = one packing, only the masks differ (isolates masking)"
+    )
     mask_prob: float = Field(0.15, gt=0.0, lt=1.0, description="fraction of non-special tokens chosen for prediction")
     mask_token_fraction: float = Field(
         0.8, ge=0.0, le=1.0, description="of the chosen tokens: replaced by the mask token"
@@ -121,6 +136,13 @@ class DataConfig(ConfigSection):
         None, ge=1, description="cap on chosen tokens per sequence (Google's max_predictions_per_seq); null = none"
     )
     whole_word_masking: bool = Field(False, description="choose whole words: all pieces of a word or none")
+
+    @field_validator("dupe_factor", mode="before")
+    @classmethod
+    def _dupe_factor(cls, value: Any) -> Any:
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError("allowed: an integer >= 1 or 'auto'")
+        return value
 
     @model_validator(mode="after")
     def _fractions(self) -> DataConfig:
@@ -171,7 +193,12 @@ class OptimConfig(ConfigSection):
     peak_lr: float = Field(5e-4, gt=0.0, lt=1.0, description="peak learning rate after warm-up")
     betas: tuple[float, float] = Field((0.9, 0.98), description="Adam betas (paper: 0.999, 0.98 for large batches)")
     eps: float = Field(1e-6, gt=0.0, lt=1.0, description="Adam epsilon")
-    weight_decay: float = Field(0.01, ge=0.0, lt=1.0, description="decoupled weight decay (not on biases, LayerNorm)")
+    weight_decay: float = Field(
+        0.01, ge=0.0, lt=1.0, description="decoupled weight decay (biases and LayerNorm only with decay_norm_and_bias)"
+    )
+    decay_norm_and_bias: bool = Field(
+        False, description="also decay biases and LayerNorm weights (fairseq: all parameters; Google exempts them)"
+    )
     warmup_fraction: float = Field(0.06, ge=0.0, lt=1.0, description="fraction of the update budget spent warming up")
     schedule: Literal["linear", "constant"] = Field(
         "linear", description="after warm-up: linear decay to 0, or constant"
@@ -180,7 +207,9 @@ class OptimConfig(ConfigSection):
     batch_tokens: int | None = Field(
         None, ge=1, description="if set, build each update from this many tokens instead of batch_size sequences"
     )
-    clip_grad_norm: float = Field(1.0, ge=0.0, description="gradient clipping max norm; 0 = off")
+    clip_grad_norm: float = Field(
+        0.0, ge=0.0, description="gradient clipping max norm; 0 = off (RoBERTa, paper Table 9; BERT: 1.0)"
+    )
 
     @model_validator(mode="after")
     def _betas(self) -> OptimConfig:
@@ -193,7 +222,13 @@ class BudgetConfig(ConfigSection):
     max_steps: int | None = Field(200, ge=1, description="optimizer updates to train for (set this or max_tokens)")
     max_tokens: int | None = Field(None, ge=1, description="input tokens to train on (set this or max_steps)")
     val_every_steps: int = Field(50, ge=1, description="run held-out MLM evaluation every N updates")
-    val_max_examples: int | None = Field(512, ge=1, description="cap on validation examples; null = all")
+    val_max_examples: int | None = Field(
+        512, ge=1, description="cap on the run's own-format validation examples; null = all"
+    )
+    common_val_max_chars: int | None = Field(
+        150_000, ge=1, description="common held-out set (same text for every arm): whole held-out documents, in "
+        "order, up to this many non-whitespace characters; null = all"
+    )
 
     @model_validator(mode="after")
     def _one_budget(self) -> BudgetConfig:
@@ -240,6 +275,10 @@ OUTCOME_SECTIONS = ("seed", "corpus", "tokenizer", "data", "model", "optim", "bu
 class RunConfig(ConfigSection):
     experiment: str = Field("quickstart", min_length=1, description="experiment name: results/<experiment>/")
     name: str | None = Field(None, description="run name; null = derived from the recipe toggles")
+    recipe: RecipeName | None = Field(
+        None, description="bert | bert-reimpl | roberta: the paper-recipe values laid over the size preset "
+        "(file and --set win); a record only, not hashed"
+    )
     seed: int = Field(0, ge=0, description="seed for data order, masks, NSP negatives and initialisation")
     corpus: CorpusConfig = CorpusConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
@@ -258,6 +297,11 @@ class RunConfig(ConfigSection):
                 f"data.nsp = true with data.packing = '{d.packing}': a single-segment input has no pair to judge; "
                 f"allowed: nsp with {' or '.join(PAIR_PACKINGS)}"
             )
+        if d.separators != "document" and d.packing in PAIR_PACKINGS:
+            raise ValueError(
+                f"data.separators = '{d.separators}' with data.packing = '{d.packing}': pair inputs keep their own "
+                "layout; allowed: separators 'fairseq' with full_sentences or doc_sentences"
+            )
         if d.nsp and self.model.family == "roberta":
             raise ValueError(
                 "data.nsp = true with model.family = 'roberta': RobertaForMaskedLM has no NSP head; "
@@ -270,13 +314,26 @@ class RunConfig(ConfigSection):
                 f"data.max_seq_length = {d.max_seq_length}; '{d.packing}' with {self.tokenizer.kind} needs "
                 f"{specials} special tokens + {segments} content token(s): allowed: >= {specials + segments}"
             )
-        micro, per_update = self.impl.micro_batch_size, self.optim.batch_size
-        if micro is not None and self.optim.batch_tokens is None and per_update % (micro * self.impl.devices):
-            raise ValueError(
-                f"impl.micro_batch_size = {micro} x impl.devices = {self.impl.devices} does not divide "
-                f"optim.batch_size = {per_update}; allowed: a divisor of {per_update // self.impl.devices or 1}"
-            )
+        self._check_update_split()
         return self
+
+    def _check_update_split(self) -> None:
+        """Every update must be exactly the size the config says, however it is split into micro-batches."""
+        micro, per_update, devices = self.impl.micro_batch_size, self.optim.batch_size, self.impl.devices
+        tokens = self.optim.batch_tokens
+        if tokens is None and per_update % ((micro or 1) * devices):
+            field = f"impl.micro_batch_size = {micro} x " if micro else ""
+            raise ValueError(
+                f"{field}impl.devices = {devices} does not divide optim.batch_size = {per_update}; "
+                f"allowed: a batch size that is a multiple of {(micro or 1) * devices}"
+            )
+        parts = self.grad_accumulation() * devices
+        if tokens is not None and tokens < parts * self.data.max_seq_length:
+            raise ValueError(
+                f"optim.batch_tokens = {tokens} split into {parts} micro-batches (accumulation x devices) leaves "
+                f"less than one input of data.max_seq_length = {self.data.max_seq_length} per micro-batch; "
+                f"allowed: >= {parts * self.data.max_seq_length}"
+            )
 
     # Derived values live here as methods so every consumer computes them the same way.
     def grad_accumulation(self) -> int:
@@ -306,8 +363,9 @@ def special_token_count(tokenizer_kind: str, packing: str) -> int:
 
 
 # ---- presets ---------------------------------------------------------------------------------------------
-# A preset is a set of overrides on the defaults: the model size plus the settings that make sense at that
-# scale. CPU presets finish in minutes; base/large are the paper's shapes, meant for GPUs.
+# A size preset holds only size-ish settings: model shape, lengths, vocabulary, batch, peak lr, steps and
+# precision. How a model is trained (input format, masking, objective, optimiser shape) is a recipe (below).
+# CPU presets finish in minutes; base/large are the paper's shapes, meant for GPUs.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"model.size": "tiny", "data.max_seq_length": 128, "tokenizer.vocab_size": 8192,
              "optim.batch_size": 32, "optim.peak_lr": 1e-3, "budget.max_steps": 200},
@@ -319,12 +377,83 @@ PRESETS: dict[str, dict[str, Any]] = {
     "medium": {"model.size": "medium", "data.max_seq_length": 512, "tokenizer.vocab_size": 32768,
                "optim.batch_size": 256, "optim.peak_lr": 3e-4, "budget.max_steps": 50_000,
                "impl.precision": "bf16-mixed"},
+    # The ablation model of the paper (sections 3.1, 4; Table 3 first row): BERT-base, 256 sequences of 512 tokens
+    # x 1M updates at peak lr 1e-4 (Devlin et al. A.2). 50,265 = RoBERTa's byte-level BPE dictionary (paper 4.4:
+    # 50K); BERT's WordPiece has 30,522: --set tokenizer.vocab_size=30522 with the bert recipes.
     "base": {"model.size": "base", "data.max_seq_length": 512, "tokenizer.vocab_size": 50_265,
-             "optim.batch_size": 256, "optim.peak_lr": 1e-4, "optim.betas": [0.9, 0.999],
-             "optim.warmup_fraction": 0.01, "budget.max_steps": 1_000_000, "impl.precision": "bf16-mixed"},
+             "optim.batch_size": 256, "optim.peak_lr": 1e-4, "budget.max_steps": 1_000_000,
+             "impl.precision": "bf16-mixed"},
+    # RoBERTa-large (paper Table 9): 8K sequences of 512 tokens x 500K updates, peak lr 4e-4.
     "large": {"model.size": "large", "data.max_seq_length": 512, "tokenizer.vocab_size": 50_265,
-              "optim.batch_size": 8192, "optim.peak_lr": 1e-3, "optim.warmup_fraction": 0.06,
-              "budget.max_steps": 500_000, "impl.precision": "bf16-mixed"},
+              "optim.batch_size": 8192, "optim.peak_lr": 4e-4, "budget.max_steps": 500_000,
+              "impl.precision": "bf16-mixed"},
+}
+
+# ---- recipes ---------------------------------------------------------------------------------------------
+# A recipe is the other axis of the paper: how a model of any size is pre-trained. It sets only recipe-ish
+# fields and no size-ish one, so every recipe composes with every size preset. Sources: "paper" = Liu et al.
+# 2019 (../shared/docs/PAPER.md); "Devlin" = Devlin et al. 2019; Google's code = github.com/google-research/bert
+# create_pretraining_data.py, run_pretraining.py, optimization.py; fairseq = examples/roberta/README.pretraining.md
+# and its masked_lm task (MaskTokensDataset, TokenBlockDataset) and Adam optimizer.
+_MASKING_AND_DROPOUT: dict[str, Any] = {
+    "data.mask_prob": 0.15,  # Devlin 3.1; create_pretraining_data.py masked_lm_prob=0.15; fairseq mask_prob 0.15
+    "data.mask_token_fraction": 0.8,  # Devlin 3.1 80/10/10; create_instances_from_document; fairseq 1 - 0.1 - 0.1
+    "data.random_token_fraction": 0.1,  # idem; fairseq random_token_prob=0.1 (leave_unmasked_prob=0.1)
+    "data.whole_word_masking": False,  # BERT as published and fairseq's default (mask_whole_words off)
+    # Google's caps (20 at length 128, 80 at 512; run_pretraining.py max_predictions_per_seq) are at least
+    # round(0.15 x L) = 19 / 77, so under its count rule they never bind: they only size its fixed-shape
+    # TFRecord tensors. Null gives the same masks at every length, so the recipe composes with any preset.
+    "data.max_predictions_per_seq": None,
+    "model.dropout": 0.1,  # Devlin A.2; paper 2 and Table 9 (dropout and attention dropout 0.1)
+}
+_BERT: dict[str, Any] = {
+    **_MASKING_AND_DROPOUT,
+    "tokenizer.kind": "wordpiece",  # Devlin 3: 30K WordPiece, [CLS]/[SEP]
+    "model.family": "bert",  # BertForPreTraining: MLM + NSP heads
+    "data.packing": "segment_pair",  # paper 4.2 SEGMENT-PAIR = create_pretraining_data.py
+    "data.nsp": True,  # Devlin 3.1 task 2; run_pretraining.py adds the next-sentence loss
+    "data.segment_embeddings": True,  # Devlin 3 (token_type embeddings, type_vocab_size=2)
+    "data.masking": "static",  # paper 4.1: masked once in preprocessing (create_pretraining_data.py)
+    "data.dupe_factor": 10,  # create_pretraining_data.py dupe_factor=10
+    "data.static_mode": "redraw",  # create_pretraining_data.py: each copy re-draws pairs with one running RNG
+    "data.short_seq_prob": 0.1,  # create_pretraining_data.py short_seq_prob=0.1
+    "data.mask_count": "google",  # create_masked_lm_predictions: min(max_predictions, max(1, round(n x 0.15)))
+    "optim.betas": [0.9, 0.999],  # Devlin A.2; optimization.py beta_2=0.999
+    "optim.eps": 1e-6,  # optimization.py AdamWeightDecayOptimizer epsilon=1e-6
+    "optim.weight_decay": 0.01,  # Devlin A.2; optimization.py weight_decay_rate=0.01
+    "optim.decay_norm_and_bias": False,  # optimization.py exclude_from_weight_decay=["LayerNorm", "layer_norm", "bias"]
+    "optim.warmup_fraction": 0.01,  # Devlin A.2 / run_pretraining.py: 10K warm-up steps of 1M
+    "optim.schedule": "linear",  # optimization.py polynomial_decay to 0 with power=1.0
+    "optim.clip_grad_norm": 1.0,  # optimization.py clip_by_global_norm(grads, clip_norm=1.0)
+}
+RECIPES: dict[str, dict[str, Any]] = {
+    "bert": _BERT,
+    # The paper's re-implementation of BERT (Tables 1-2, sections 3.1 and 4): Google's recipe at full length only,
+    # "we do not randomly inject short sequences" (3.1). Paper 4.1: 10 copies over 40 epochs, so each mask is seen
+    # 4 times; `auto` keeps that ratio (passes / 4 copies) at budgets far below 40 epochs, where 10 fixed copies
+    # would show each mask less than once and static masking would be dynamic in all but name.
+    "bert-reimpl": {**_BERT, "data.short_seq_prob": 0.0, "data.dupe_factor": "auto"},
+    "roberta": {
+        **_MASKING_AND_DROPOUT,
+        "tokenizer.kind": "bpe",  # paper 4.4: byte-level BPE (GPT-2's, 50K units)
+        "model.family": "roberta",  # RobertaForMaskedLM: no NSP head
+        # paper 4.2: FULL-SENTENCES "in the remainder of our experiments"; fairseq --sample-break-mode complete
+        "data.packing": "full_sentences",
+        "data.nsp": False,  # paper 4.2 and Table 2: no NSP loss
+        "data.segment_embeddings": False,  # fairseq's RoBERTa has no segment embeddings (HF type_vocab_size=1)
+        "data.masking": "dynamic",  # paper 4.1; fairseq MaskTokensDataset seeds each mask with (seed, epoch, index)
+        "data.short_seq_prob": 0.0,  # paper 3.1: no short sequences (unused by full_sentences anyway)
+        "data.mask_count": "fairseq",  # MaskTokensDataset: int(mask_prob x n + U[0, 1))
+        "optim.betas": [0.9, 0.98],  # paper Table 9; README.pretraining.md --adam-betas '(0.9,0.98)'
+        "optim.eps": 1e-6,  # paper Table 9; README.pretraining.md --adam-eps 1e-6
+        "optim.weight_decay": 0.01,  # paper Table 9; README.pretraining.md --weight-decay 0.01
+        "optim.decay_norm_and_bias": True,  # fairseq's Adam has one parameter group: the decay hits every parameter
+        # Table 9: 24K (base, 4.8%) / 30K (large, 6%) of 500K updates; README.pretraining.md 10K of 125K (8%).
+        # We take 6%, the middle value, which is also RoBERTa's fine-tuning warm-up.
+        "optim.warmup_fraction": 0.06,
+        "optim.schedule": "linear",  # paper Table 9 linear decay; fairseq --lr-scheduler polynomial_decay (power 1)
+        "optim.clip_grad_norm": 0.0,  # paper Table 9 "gradient clipping 0.0"; README.pretraining.md --clip-norm 0.0
+    },
 }
 
 
@@ -406,22 +535,55 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def preset_dict(preset: str) -> dict[str, Any]:
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown preset '{preset}'; allowed: {', '.join(PRESETS)}")
+def _dotted_dict(settings: dict[str, Any]) -> dict[str, Any]:
     data: dict[str, Any] = {}
-    for key, value in PRESETS[preset].items():
+    for key, value in settings.items():
         set_dotted(data, key, value)
     return data
 
 
+def preset_dict(preset: str) -> dict[str, Any]:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}'; allowed: {', '.join(PRESETS)}")
+    return _dotted_dict(PRESETS[preset])
+
+
+def recipe_dict(recipe: str) -> dict[str, Any]:
+    """The recipe's fields as a nested dict, with `recipe` itself so the resolved config records it."""
+    if not isinstance(recipe, str) or recipe not in RECIPES:
+        raise ConfigError(f"config field 'recipe' = {recipe!r}: unknown recipe; allowed: "
+                          f"{', '.join(RECIPES)} (or null)")
+    return {**_dotted_dict(RECIPES[recipe]), "recipe": recipe}
+
+
+def _recipe_name(argument: str | None, file_data: dict[str, Any], overrides: list[str]) -> str | None:
+    """Which recipe to lay under the file: `recipe=` in --set beats the file's `recipe:`, as --set beats any file
+    field; the argument (--recipe) fills in when neither names one, and may not contradict them."""
+    named = apply_overrides({}, [item for item in overrides if item.partition("=")[0].strip() == "recipe"])
+    source = "--set recipe" if "recipe" in named else "the config file"
+    name = named["recipe"] if "recipe" in named else file_data.get("recipe")
+    if name is None:
+        return None if "recipe" in named else argument
+    if argument is not None and name != argument:
+        raise ConfigError(f"config field 'recipe': --recipe {argument} but {source} says {name!r}; name one recipe")
+    return name
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                preset: str | None = None) -> RunConfig:
-    """Preset (optional) < file (optional) < overrides, validated once at the end."""
+                preset: str | None = None, recipe: str | None = None) -> RunConfig:
+    """Field defaults < size preset < recipe < file < overrides, validated once at the end.
+
+    The recipe may be named by the `recipe` argument (the CLI's --recipe), in the file (`recipe: bert`) or by an
+    override (`recipe=bert`); all three give the same config. A saved config.yaml names its recipe and holds every
+    resolved value, so it loads back to an equal config."""
+    overrides = list(overrides or [])
+    file_data = read_yaml(path) if path is not None else {}
     data: dict[str, Any] = preset_dict(preset) if preset else {}
-    if path is not None:
-        data = _deep_merge(data, read_yaml(path))
-    return from_dict(apply_overrides(data, list(overrides or [])))
+    name = _recipe_name(recipe, file_data, overrides)
+    if name is not None:
+        data = _deep_merge(data, recipe_dict(name))
+    data = _deep_merge(data, file_data)
+    return from_dict(apply_overrides(data, overrides))
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -6,12 +6,11 @@ down as plain arguments: the data module and the model cannot disagree about the
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.config import RunConfig
-from harness.data.module import PretrainDataModule
+from harness.data.module import PretrainDataModule, TrainBudget
 from harness.models.pretrain import PretrainModule, build_pretraining_model
 
 
@@ -20,43 +19,38 @@ class Recipe:
     nsp: bool
     segment_embeddings: bool
     micro_batch_size: int  # sequences per forward pass per device
-    micro_batch_tokens: int | None  # padded tokens per forward pass per device (token batching)
+    micro_batch_tokens: int | None  # real tokens per forward pass per device (token batching)
     accumulate: int  # micro-batches per optimizer update per device
-    total_steps: int  # optimizer updates
+    budget: TrainBudget  # the number of updates is known once the data is packed: PretrainDataModule.total_updates
 
 
-def tokens_per_update(config: RunConfig) -> int:
-    """Nominal input tokens of one update: the token budget, or full-length sequences."""
+def nominal_tokens_per_update(config: RunConfig) -> int:
+    """Input tokens of one update if every input were full: the token budget, or full-length sequences."""
     return config.optim.batch_tokens or config.optim.batch_size * config.data.max_seq_length
 
 
-def total_steps(config: RunConfig) -> int:
-    if config.budget.max_steps is not None:
-        return config.budget.max_steps
-    return max(1, math.ceil(config.budget.max_tokens / tokens_per_update(config)))
-
-
 def resolve_recipe(config: RunConfig) -> Recipe:
-    accumulate = config.grad_accumulation()
-    micro_tokens = None
-    if config.optim.batch_tokens is not None:
-        micro_tokens = max(config.data.max_seq_length,
-                           config.optim.batch_tokens // (accumulate * config.impl.devices))
+    accumulate, devices = config.grad_accumulation(), config.impl.devices
+    micro_tokens = None if config.optim.batch_tokens is None else config.optim.batch_tokens // (accumulate * devices)
+    budget = TrainBudget(max_steps=config.budget.max_steps, max_tokens=config.budget.max_tokens, accumulate=accumulate,
+                         devices=devices, micro_batch_tokens=micro_tokens,
+                         sequences_per_update=None if micro_tokens else config.optim.batch_size)
     return Recipe(nsp=config.data.nsp, segment_embeddings=config.data.segment_embeddings,
-                  micro_batch_size=config.impl.micro_batch_size or config.optim.batch_size // config.impl.devices,
-                  micro_batch_tokens=micro_tokens, accumulate=accumulate, total_steps=total_steps(config))
+                  micro_batch_size=config.impl.micro_batch_size or config.optim.batch_size // devices,
+                  micro_batch_tokens=micro_tokens, accumulate=accumulate, budget=budget)
 
 
 def build_datamodule(config: RunConfig, recipe: Recipe, data_dir: str | Path | None = None) -> PretrainDataModule:
     return PretrainDataModule(config, nsp=recipe.nsp, token_types=recipe.segment_embeddings, data_dir=data_dir,
-                              micro_batch_size=recipe.micro_batch_size, micro_batch_tokens=recipe.micro_batch_tokens)
+                              micro_batch_size=recipe.micro_batch_size, micro_batch_tokens=recipe.micro_batch_tokens,
+                              budget=recipe.budget)
 
 
 def build_module(config: RunConfig, recipe: Recipe, data: PretrainDataModule) -> PretrainModule:
-    """The model needs the vocabulary, so the data module must have been set up."""
+    """The model needs the vocabulary and the schedule the number of updates: the data module must be set up."""
     specials = data.specials
     model = build_pretraining_model(config.model, vocab_size=specials.vocab_size, pad_token_id=specials.pad_id,
                                     bos_token_id=specials.cls_id, eos_token_id=specials.sep_id,
                                     max_seq_length=config.data.max_seq_length, nsp=recipe.nsp,
                                     segment_embeddings=recipe.segment_embeddings)
-    return PretrainModule(model, optim=config.optim, total_steps=recipe.total_steps, nsp=recipe.nsp)
+    return PretrainModule(model, optim=config.optim, total_steps=data.total_updates, nsp=recipe.nsp)

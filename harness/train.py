@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,12 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from harness.config import RunConfig
-from harness.recipe import build_datamodule, build_module, resolve_recipe, tokens_per_update
+from harness.data.module import PretrainDataModule
+from harness.paths import atomic_dir
+from harness.recipe import Recipe, build_datamodule, build_module, nominal_tokens_per_update, resolve_recipe
 from harness.runs import RunDir, prepare_run_dir, read_final_metrics, write_final_metrics
 
 EXPORT_DIR = "model"
@@ -52,12 +56,13 @@ def _loggers(config: RunConfig, run: RunDir) -> list[Logger]:
     return loggers
 
 
-def build_trainer(config: RunConfig, run: RunDir, recipe: Any, extra_callbacks: list[Callback] = ()) -> pl.Trainer:
+def build_trainer(config: RunConfig, run: RunDir, recipe: Recipe, data: PretrainDataModule,
+                  extra_callbacks: list[Callback] = ()) -> pl.Trainer:
     impl = config.impl
     checkpoint = ModelCheckpoint(dirpath=str(run.checkpoint_dir), save_last=True, save_top_k=0,
                                  every_n_train_steps=impl.checkpoint_every_steps)
     return pl.Trainer(
-        max_steps=recipe.total_steps, max_epochs=-1, accumulate_grad_batches=recipe.accumulate,
+        max_steps=data.total_updates, max_epochs=-1, accumulate_grad_batches=recipe.accumulate,
         gradient_clip_val=config.optim.clip_grad_norm or None, precision=impl.precision,
         accelerator=impl.accelerator, devices=impl.devices, strategy=impl.strategy,
         use_distributed_sampler=False,  # our sampler shards by rank itself (deterministic, resumable)
@@ -82,7 +87,9 @@ def pretrain(config: RunConfig, data_dir: str | Path | None = None, results_root
     data.prepare_data()
     data.setup("fit")
     module = build_module(config, recipe, data)
-    trainer = build_trainer(config, run, recipe, list(extra_callbacks))
+    plan = training_plan(config, data)
+    announce(run, plan)
+    trainer = build_trainer(config, run, recipe, data, list(extra_callbacks))
     started = time.perf_counter()
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(run.last_checkpoint) if run.last_checkpoint else None)
@@ -93,14 +100,14 @@ def pretrain(config: RunConfig, data_dir: str | Path | None = None, results_root
         _finish_wandb(trainer)
     if trainer.global_rank != 0:
         return {}
-    export = run.path / EXPORT_DIR
-    module.model.save_pretrained(export)
-    data.tokenizer.save_pretrained(export)
+    export_model(module, data, run.path / EXPORT_DIR)
+    sequences = int(module.sequences_seen.item())
     metrics = {
         "run_id": config.run_id(), "run_name": config.run_name(), "experiment": config.experiment,
-        "steps": trainer.global_step, "tokens_seen": int(module.tokens_seen.item()),
-        "nominal_tokens_per_update": tokens_per_update(config),
+        "steps": trainer.global_step, "tokens_seen": int(module.tokens_seen.item()), "sequences_seen": sequences,
+        "nominal_tokens_per_update": nominal_tokens_per_update(config),
         "train_examples": len(data.train_examples), "validation_examples": len(data.val_examples),
+        **plan.final_figures(sequences),
         "fit_seconds_this_launch": round(seconds, 2),
         **{key.replace("/", "_"): float(value) for key, value in validation.items()},
         **train_metrics,
@@ -108,6 +115,70 @@ def pretrain(config: RunConfig, data_dir: str | Path | None = None, results_root
     }
     write_final_metrics(run, metrics)
     return metrics
+
+
+def export_model(module: Any, data: PretrainDataModule, export: Path) -> None:
+    """A standard save_pretrained checkpoint plus the tokenizer, renamed into place only once complete: a run
+    killed while exporting leaves no model/ behind, and final_metrics.json (the done marker) comes after it."""
+    with atomic_dir(export) as tmp:
+        module.model.save_pretrained(tmp)
+        data.tokenizer.save_pretrained(tmp)
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What the run will do, known before the first update: printed at start-up, checked in final metrics."""
+
+    updates: int
+    accumulate: int
+    micro_batches: str  # how one update is split, in words
+    rows_per_copy: int  # packed training inputs of one pass over the data
+    static_copies: int | None  # None for dynamic masking
+    expected_sequences: float
+
+    @property
+    def passes(self) -> float:
+        return self.expected_sequences / max(self.rows_per_copy, 1)
+
+    @property
+    def static_mask_views(self) -> float | None:
+        return None if self.static_copies is None else self.passes / self.static_copies
+
+    def final_figures(self, sequences_seen: int) -> dict[str, Any]:
+        """The same figures from what the run actually fed."""
+        passes = sequences_seen / max(self.rows_per_copy, 1)
+        figures: dict[str, Any] = {"train_rows_per_pass": self.rows_per_copy, "data_passes": round(passes, 4)}
+        if self.static_copies is not None:
+            figures.update(dupe_factor=self.static_copies, static_mask_views=round(passes / self.static_copies, 4))
+        return figures
+
+
+def training_plan(config: RunConfig, data: PretrainDataModule) -> TrainingPlan:
+    budget = data.budget
+    split = f"{budget.accumulate} micro-batch(es) x {budget.devices} device(s) of " + (
+        f"{data.micro_batch_size} sequences" if data.micro_batch_tokens is None
+        else f"<= {data.micro_batch_tokens} real tokens")
+    train_lengths = data.train_examples.lengths()
+    return TrainingPlan(updates=data.total_updates, accumulate=budget.accumulate, micro_batches=split,
+                        rows_per_copy=data.rows_per_copy,
+                        static_copies=data.static_copies if config.data.masking == "static" else None,
+                        expected_sequences=budget.expected_sequences(train_lengths, config.seed))
+
+
+def announce(run: RunDir, plan: TrainingPlan) -> None:
+    """The start-up summary; a loud warning when static masking would not show its masks at least twice."""
+    lines = [f"run {run.path} ({run.status})",
+             f"  {plan.updates} updates, each {plan.micro_batches}",
+             f"  {plan.rows_per_copy} training inputs per pass; {plan.passes:.2f} passes over the data"]
+    if plan.static_copies is not None:
+        lines.append(f"  static masking: {plan.static_copies} copies, each mask shown {plan.static_mask_views:.2f} "
+                     f"times on average (paper: 4)")
+    rank_zero_info("\n".join(lines))
+    if plan.static_mask_views is not None and plan.static_mask_views < 2:
+        rank_zero_warn(
+            f"STATIC MASKING IN NAME ONLY: each of the {plan.static_copies} static masks of a sequence will be shown "
+            f"{plan.static_mask_views:.2f} times on average (the paper: 4); below 2 it is close to dynamic masking. "
+            "Set data.dupe_factor=auto (passes / 4) or train for more passes.")
 
 
 def _finish_wandb(trainer: pl.Trainer) -> None:

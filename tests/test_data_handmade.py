@@ -171,6 +171,7 @@ def test_the_same_settings_train_the_same_vocabulary_in_a_fresh_cache(corpus_pat
 # ---- batch keys ---------------------------------------------------------------------------------------------------
 
 ALWAYS = {"input_ids", "attention_mask", "labels", "example_index", "mask_epoch"}
+UPDATE_TOTALS = {"update_masked_tokens", "update_sequences"}  # training only: the loss is normalised per update
 TOGGLES = [  # packing, nsp, segment embeddings
     ("full_sentences", False, False), ("full_sentences", False, True), ("doc_sentences", False, False),
     ("segment_pair", False, False), ("segment_pair", True, False), ("segment_pair", True, True),
@@ -183,9 +184,9 @@ def test_batch_keys_follow_the_toggles(make, packing, nsp, types):
     data = make(f"data.packing={packing}", f"data.nsp={str(nsp).lower()}",
                 f"data.segment_embeddings={str(types).lower()}", "data.max_seq_length=24", *WORDPIECE)
     expected = ALWAYS | ({"token_type_ids"} if types else set()) | ({"next_sentence_label"} if nsp else set())
-    for loader in (data.train_dataloader(), data.val_dataloader()):
+    for loader, extra in ((data.train_dataloader(), UPDATE_TOTALS), (data.val_dataloader(), set())):
         batch = next(iter(loader))
-        assert set(batch) == expected
+        assert set(batch) == expected | extra
         assert all(value.dtype == torch.int64 for value in batch.values())
         if nsp:
             assert set(batch["next_sentence_label"].tolist()) <= {0, 1}
@@ -207,38 +208,19 @@ RESUMABLE = {
 }
 
 
-@pytest.mark.parametrize("stop", [0, 1, 4])
+@pytest.mark.parametrize("stop", [0, 1, 4, 7])
 @pytest.mark.parametrize("recipe", list(RESUMABLE))
 def test_a_fresh_module_resumes_with_the_remaining_batches(make, recipe, stop):
-    overrides = RESUMABLE[recipe]
-    uninterrupted = make(*overrides).train_dataloader()
-    uninterrupted.batch_sampler.set_epoch(1)
-    expected = served(uninterrupted)
-    assert len(expected) >= 6
+    overrides = (*RESUMABLE[recipe], "budget.max_steps=12")  # 12 batches of 2 run through several passes
+    expected = served(make(*overrides).train_dataloader())
+    assert len(expected) == 12
     interrupted = make(*overrides).train_dataloader()
-    interrupted.batch_sampler.set_epoch(1)
     head = served(interrupted, stop)
     state = interrupted.state_dict()
-    assert state == {"epoch": 1, "batches_served": stop}
+    assert state == {"micro_batches_served": stop}
     resumed = make(*overrides).train_dataloader()
     resumed.load_state_dict(state)
     assert head + served(resumed) == expected
-
-
-def test_a_state_saved_after_an_epoch_ended_resumes_with_the_whole_next_epoch(make):
-    """Lightning checkpoints after the last batch of an epoch (e.g. every_n_train_steps hits it) and, on resume,
-    starts the next epoch: it calls set_epoch(e + 1) and iterates. The skip saved for epoch e must not apply to e+1."""
-    overrides = RESUMABLE["dynamic"]
-    first = make(*overrides).train_dataloader()
-    epoch_0 = served(first)
-    state = first.state_dict()
-    assert state == {"epoch": 0, "batches_served": len(epoch_0)}
-    reference = make(*overrides).train_dataloader()
-    reference.batch_sampler.set_epoch(1)
-    resumed = make(*overrides).train_dataloader()
-    resumed.load_state_dict(state)
-    resumed.batch_sampler.set_epoch(1)
-    assert served(resumed) == served(reference)
 
 
 def test_loader_workers_do_not_change_the_batches(make):
@@ -270,7 +252,7 @@ class Recorder(pl.Callback):
 
 
 def pretrain_config(corpus_path: Path, cache: Path, *overrides: str):
-    # 19 inputs of at most 16 tokens, 4 per update: an epoch is 4 updates (drop_last), 10 updates are 2.5 epochs
+    # 19 inputs of at most 16 tokens, 4 per update: 10 updates are 40 inputs, 2.1 passes over the data
     # One torch thread: on a shared 2-core machine two threads make this tiny model ~20x slower.
     return handmade_config(corpus_path, cache, "data.max_seq_length=16", "optim.batch_size=4", "model.size=tiny",
                            "budget.max_steps=10", "budget.val_every_steps=1000", "logging.wandb=false",
@@ -296,26 +278,29 @@ def uninterrupted_run(corpus_path, tmp_path_factory) -> Recorder:
     return recorder
 
 
-def test_pretrain_moves_to_a_new_epoch_with_fresh_dynamic_masks(uninterrupted_run):
-    """Lightning calls set_epoch on `loader.sampler` and `loader.batch_sampler.sampler`, never on the batch
-    sampler itself: unless the loader exposes it there, every epoch replays epoch 0 (same order, same masks)."""
+def test_pretrain_streams_full_updates_across_passes_with_fresh_dynamic_masks(uninterrupted_run):
+    """19 inputs, 4 per update: update 4 holds the last three inputs of pass 0 and the first of pass 1, so no update
+    is short; each pass shows every input once, and pass 1 masks them afresh."""
     batches = uninterrupted_run.batches
-    assert len(batches) == 10
-    epochs = [sorted(set(mask_epochs)) for mask_epochs, *_ in batches]
-    assert epochs == [[0]] * 4 + [[1]] * 4 + [[2]] * 2
-    labels = {epoch: {} for epoch in (0, 1)}
-    for mask_epochs, indices, _, batch_labels in batches[:8]:
+    assert len(batches) == 10 and all(len(indices) == 4 for _, indices, *_ in batches)
+    epochs = [mask_epochs for mask_epochs, *_ in batches]
+    assert epochs == [[(4 * u + k) // 19 for k in range(4)] for u in range(10)]
+    labels: dict[int, dict[int, list]] = {0: {}, 1: {}}
+    for mask_epochs, indices, _, batch_labels in batches:
         for epoch, index, row_labels in zip(mask_epochs, indices, batch_labels, strict=True):
-            labels[epoch][index] = row_labels
-    common = labels[0].keys() & labels[1].keys()  # inputs of 3 to 16 tokens: a short one may draw no mask twice
-    assert len(common) >= 8 and sum(labels[0][i] != labels[1][i] for i in common) > len(common) // 2
+            if epoch < 2:
+                assert index not in labels[epoch]
+                labels[epoch][index] = row_labels
+    assert sorted(labels[0]) == sorted(labels[1]) == list(range(19))
+    # inputs of 3 to 16 tokens: a short one may draw no mask twice
+    assert sum(labels[0][i] != labels[1][i] for i in range(19)) > 19 // 2
 
 
-@pytest.mark.parametrize("every, stop_after", [(3, 7), (4, 5)], ids=["mid-epoch", "epoch-end"])
+@pytest.mark.parametrize("every, stop_after", [(3, 7), (4, 5)], ids=["mid-pass", "across-a-pass-end"])
 def test_pretrain_resumed_after_a_crash_sees_the_batches_of_the_uninterrupted_run(
         corpus_path, tmp_path_factory, uninterrupted_run, every, stop_after):
-    """Checkpoints every 3 updates: the crash after update 7 resumes from update 6, in the middle of epoch 1.
-    Every 4 updates: the crash after update 5 resumes from update 4, the checkpoint that ends epoch 0."""
+    """Checkpoints every 3 updates: the crash after update 7 resumes from update 6, in the middle of pass 1.
+    Every 4 updates: the crash after update 5 resumes from update 4, whose update straddles the end of pass 0."""
     from harness.train import pretrain
 
     cache = tmp_path_factory.getbasetemp() / "harness-cache"
@@ -339,20 +324,18 @@ def test_pretrain_resumed_after_a_crash_sees_the_batches_of_the_uninterrupted_ru
 ])
 def test_token_batches_hold_at_most_the_micro_budget_of_real_tokens(make, overrides, budget):
     data = make("data.packing=doc_sentences", "data.max_seq_length=16", "data.masking=static", "data.dupe_factor=4",
-                *overrides)
+                "budget.max_steps=40", *overrides)
     assert data.micro_batch_tokens == budget
     lengths = data.train_examples.lengths()
-    loader = data.train_dataloader()
-    for epoch in (0, 1):
-        loader.batch_sampler.set_epoch(epoch)
-        seen: list[int] = []
-        batches = list(loader)
-        for number, batch in enumerate(batches):
-            real = int(batch["attention_mask"].sum())
-            indices = batch["example_index"].tolist()
-            assert real == lengths[indices].sum() <= budget
-            if number + 1 < len(batches):  # greedy: the next input did not fit
-                assert real + lengths[batches[number + 1]["example_index"][0]] > budget
-            seen.extend(indices)
-        assert sorted(seen) == list(range(len(lengths)))  # every input once per epoch, none dropped
-        assert len({len(b["example_index"]) for b in batches}) > 1  # the batch size varies with the lengths
+    batches = list(data.train_dataloader())
+    assert len(batches) == 40 * data.budget.accumulate
+    for number, batch in enumerate(batches):
+        real = int(batch["attention_mask"].sum())
+        indices = batch["example_index"].tolist()
+        assert real == lengths[indices].sum() <= budget
+        if number + 1 < len(batches):  # greedy over the stream: the next input did not fit
+            assert real + lengths[batches[number + 1]["example_index"][0]] > budget
+    served = [i for b in batches for i in b["example_index"].tolist()]
+    assert len(served) > len(lengths)  # more than one pass over the 4 static copies, none dropped at a pass end
+    assert set(served) == set(range(len(lengths)))
+    assert len({len(b["example_index"]) for b in batches}) > 1  # the batch size varies with the lengths

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,14 @@ RECORD_FIELDS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
 
 def iter_batches(data: PretrainDataModule, batches: int, epochs: int) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
-    """The first `batches` training batches of each of `epochs` epochs, exactly as training would see them."""
+    """The first `batches` training micro-batches that start in each of the first `epochs` passes over the data,
+    exactly as training would see them (a micro-batch may run on into the next pass)."""
     loader = data.train_dataloader()
+    sampler = loader.batch_sampler
     for epoch in range(epochs):
-        loader.batch_sampler.set_epoch(epoch)
-        for number, batch in enumerate(loader):
-            if number >= batches:
-                break
+        sampler.start = sampler.first_batch_of_epoch(epoch)
+        sampler.num_batches = max(sampler.num_batches, sampler.start + batches)  # beyond the run's budget if asked
+        for batch in islice(loader, batches):
             yield epoch, batch
 
 

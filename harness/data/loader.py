@@ -1,10 +1,18 @@
 """Deterministic, resumable batching.
 
-The order of examples is a pure function of (seed, epoch), and every index the sampler yields carries its
-epoch with it (`(epoch, index)` keys), so masks computed from (seed, epoch, index) in worker processes need no
-shared state. The loader records how many batches it has handed out; Lightning saves that with each checkpoint
-(it calls `state_dict` on any loader that has one) and a resumed run skips exactly those batches, so it sees
-the same data order and masks an uninterrupted run would have seen.
+Training reads one stream: epochs of shuffled examples back to back, epoch e's order a pure function of
+(seed, e), cut into micro-batches that may straddle an epoch end. An epoch end therefore never leaves a short
+update behind (fairseq's trainer would normalise such an update by its own token count; Lightning would step on
+it and still divide by the accumulation factor): every update holds `accumulate` micro-batches per rank, the
+size the config says. Every index carries its epoch with it (`(epoch, index)` keys), so masks computed from
+(seed, epoch, index) in worker processes need no shared state.
+
+The training loader is one Lightning "epoch" as long as the run (updates x accumulate micro-batches), so
+Lightning never ends an epoch early or pre-fetches ahead of what it reports as consumed. It records how many
+micro-batches it handed out; Lightning saves that with each checkpoint and a resumed run continues from exactly
+there: same data order, same masks.
+
+Validation uses `EpochBatchSampler`: one finite pass in a fixed order.
 """
 
 from __future__ import annotations
@@ -13,8 +21,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Sampler
 
+from harness.data.masking import IGNORE_INDEX
 from harness.data.packing import batch_by_tokens
 
 Key = tuple[int, int]  # (epoch, example index)
@@ -37,8 +47,8 @@ def batches_by_tokens(order: np.ndarray, lengths: np.ndarray, max_tokens: int) -
 
 
 class EpochBatchSampler(Sampler[list[Key]]):
-    """Yields lists of (epoch, index) keys: by a fixed number of examples, or by a budget of real tokens per batch
-    (the paper keeps tokens per update similar across input formats)."""
+    """One pass over the examples in a fixed order (validation): by a number of examples or a real-token budget,
+    sharded by rank (the uneven tail is dropped so every process runs the same number of steps)."""
 
     def __init__(self, lengths: Sequence[int] | np.ndarray, *, seed: int, shuffle: bool, batch_size: int | None = None,
                  max_tokens: int | None = None, drop_last: bool = False, rank: int = 0, world_size: int = 1) -> None:
@@ -49,20 +59,8 @@ class EpochBatchSampler(Sampler[list[Key]]):
         self.batch_size, self.max_tokens = batch_size, max_tokens
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
-        self.skip = 0  # batches of epoch `skip_epoch` already consumed before a resume
-        self.skip_epoch = 0
 
-    @property
-    def sampler(self) -> EpochBatchSampler:
-        # Lightning advances epochs by calling set_epoch on `loader.batch_sampler.sampler`; without this it would
-        # never reach us and every epoch would replay epoch 0's order and masks.
-        return self
-
-    def pending_skip(self) -> int:
-        """Batches of the current epoch consumed before a resume (none once the resume moved to a new epoch)."""
-        return self.skip if self.epoch == self.skip_epoch else 0
-
-    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of every epoch
+    def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def _batches(self) -> list[np.ndarray]:
@@ -71,47 +69,125 @@ class EpochBatchSampler(Sampler[list[Key]]):
             batches = batches_by_tokens(order, self.lengths, self.max_tokens)
         else:
             batches = batches_by_count(order, self.batch_size, self.drop_last)
-        if self.world_size == 1:
-            return batches
-        # Every process must run the same number of steps, so the uneven tail is dropped.
         usable = len(batches) - len(batches) % self.world_size
         return batches[self.rank : usable : self.world_size]
 
     def __iter__(self) -> Iterator[list[Key]]:
-        # A state saved at the end of an epoch resumes into the next one, which must then start from its beginning.
-        skip, self.skip = self.pending_skip(), 0
-        for batch in self._batches()[skip:]:
+        for batch in self._batches():
             yield [(self.epoch, int(i)) for i in batch]
 
     def __len__(self) -> int:
-        if self.max_tokens is None and self.world_size == 1:
-            full, rest = divmod(len(self.lengths), self.batch_size)
-            return full + (0 if self.drop_last or not rest else 1)
         return len(self._batches())
 
 
-class ResumableDataLoader(DataLoader):
-    """A DataLoader over an EpochBatchSampler that Lightning can checkpoint mid-epoch."""
+class StreamBatchSampler(Sampler[list[Key]]):
+    """This rank's training micro-batches: the endless stream of epochs cut into micro-batches of `batch_size`
+    examples, or of at most `max_tokens` real tokens (greedy, packing's rule), and dealt round-robin to the ranks
+    (global micro-batch g goes to rank g % world_size). By count, the update's examples are the same whatever the
+    split into micro-batches and ranks: stream positions [u*B, (u+1)*B) for update u of B sequences.
 
-    def __init__(self, dataset: Any, batch_sampler: EpochBatchSampler, **kwargs: Any) -> None:
+    `num_batches` is this rank's share of the run (its length); `start` the micro-batches consumed before a resume."""
+
+    def __init__(self, lengths: Sequence[int] | np.ndarray, *, seed: int, num_batches: int,
+                 batch_size: int | None = None, max_tokens: int | None = None, rank: int = 0,
+                 world_size: int = 1) -> None:
+        if (batch_size is None) == (max_tokens is None):
+            raise ValueError("give exactly one of batch_size and max_tokens")
+        self.lengths = np.asarray(lengths)
+        if len(self.lengths) == 0:
+            raise ValueError("no training examples to sample from")
+        self.seed, self.num_batches = seed, num_batches
+        self.batch_size, self.max_tokens = batch_size, max_tokens
+        self.rank, self.world_size = rank, world_size
+        self.start = 0
+        self._orders: dict[int, np.ndarray] = {}
+
+    def order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            if len(self._orders) > 2:  # a micro-batch spans at most two epochs (or a few, for tiny data)
+                self._orders.pop(min(self._orders))
+            self._orders[epoch] = epoch_order(len(self.lengths), self.seed, epoch, shuffle=True)
+        return self._orders[epoch]
+
+    def _keys(self, positions: np.ndarray) -> list[Key]:
+        epochs, offsets = np.divmod(positions, len(self.lengths))
+        return [(int(e), int(self.order(int(e))[o])) for e, o in zip(epochs, offsets, strict=True)]
+
+    def _by_count(self, first: int) -> Iterator[list[Key]]:
+        """Random access: global micro-batch g holds stream positions [g*b, (g+1)*b)."""
+        g = first * self.world_size + self.rank
+        while True:
+            yield self._keys(np.arange(g * self.batch_size, (g + 1) * self.batch_size))
+            g += self.world_size
+
+    def _by_tokens(self, first: int) -> Iterator[list[Key]]:
+        """Greedy over the stream, so a batch may span an epoch end; earlier batches are replayed to find `first`."""
+        g, batch, total, epoch = 0, [], 0, 0
+        skip = first * self.world_size + self.rank
+        while True:
+            order = self.order(epoch)
+            for index, length in zip(order.tolist(), self.lengths[order].tolist(), strict=True):
+                if batch and total + length > self.max_tokens:
+                    if g >= skip and (g - self.rank) % self.world_size == 0:
+                        yield batch
+                    g, batch, total = g + 1, [], 0
+                batch.append((epoch, index))
+                total += length
+            epoch += 1
+
+    def first_batch_of_epoch(self, epoch: int) -> int:
+        """This rank's number of the first micro-batch that starts inside `epoch` (for looking at an epoch)."""
+        if self.max_tokens is None:
+            g = -(-epoch * len(self.lengths) // self.batch_size)  # the first global batch starting at or after it
+            return -(-(g - self.rank) // self.world_size)
+        for number, batch in enumerate(self._by_tokens(0)):
+            if batch[0][0] >= epoch:
+                return number
+        raise AssertionError("unreachable: the stream is endless")
+
+    def __iter__(self) -> Iterator[list[Key]]:
+        stream = self._by_count(self.start) if self.max_tokens is None else self._by_tokens(self.start)
+        for _ in range(self.num_batches - self.start):
+            yield next(stream)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+
+class UpdateLoader(DataLoader):
+    """The training DataLoader: micro-batches in update order, each tagged with its update's totals on this rank
+    (`update_masked_tokens`, `update_sequences`), so the loss of every micro-batch can be normalised by the whole
+    update's masked tokens and sequences before its backward pass (fairseq's per-token weighting). An update's
+    micro-batches are collated before the first is handed out, which a DataLoader with workers does anyway."""
+
+    def __init__(self, dataset: Any, batch_sampler: StreamBatchSampler, *, accumulate: int, **kwargs: Any) -> None:
         super().__init__(dataset, batch_sampler=batch_sampler, **kwargs)
+        self.accumulate = accumulate
         self._served = 0
-        self._served_epoch = 0
 
     def __iter__(self) -> Iterator[Any]:
-        sampler: EpochBatchSampler = self.batch_sampler  # type: ignore[assignment]
-        self._served_epoch, self._served = sampler.epoch, sampler.pending_skip()
+        sampler: StreamBatchSampler = self.batch_sampler  # type: ignore[assignment]
+        self._served = sampler.start
+        pending: list[dict[str, torch.Tensor]] = []
         for batch in super().__iter__():
+            pending.append(batch)
+            if (self._served + len(pending)) % self.accumulate == 0 or \
+                    self._served + len(pending) == sampler.num_batches:
+                yield from self._release(pending)
+                pending = []
+
+    def _release(self, update: list[dict[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
+        masked = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in update)
+        sequences = sum(int(b["input_ids"].shape[0]) for b in update)
+        for batch in update:
+            batch["update_masked_tokens"] = torch.tensor(masked, dtype=torch.long)
+            batch["update_sequences"] = torch.tensor(sequences, dtype=torch.long)
             self._served += 1
             yield batch
 
     def state_dict(self) -> dict[str, int]:
-        if self._served == 0:  # nothing served yet in this epoch: the sampler's epoch is the current one
-            sampler: EpochBatchSampler = self.batch_sampler  # type: ignore[assignment]
-            return {"epoch": sampler.epoch, "batches_served": sampler.pending_skip()}
-        return {"epoch": self._served_epoch, "batches_served": self._served}
+        return {"micro_batches_served": self._served}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        sampler: EpochBatchSampler = self.batch_sampler  # type: ignore[assignment]
-        sampler.set_epoch(state["epoch"])
-        sampler.skip, sampler.skip_epoch = state["batches_served"], state["epoch"]
+        sampler: StreamBatchSampler = self.batch_sampler  # type: ignore[assignment]
+        sampler.start = self._served = int(state["micro_batches_served"])

@@ -7,6 +7,7 @@ resumed run, a different batch size or a different number of workers sees exactl
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,18 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from torch.utils.data import DataLoader
 
 from harness.config import ConfigError, RunConfig
 from harness.data.examples import PackedExamples, PackingPlan, build_packed
-from harness.data.loader import EpochBatchSampler, Key, ResumableDataLoader
+from harness.data.loader import (
+    EpochBatchSampler,
+    Key,
+    StreamBatchSampler,
+    UpdateLoader,
+    batches_by_tokens,
+    epoch_order,
+)
 from harness.data.masking import (
     fixed_validation_mask,
     mask_key,
@@ -29,6 +38,52 @@ from harness.data.specials import SpecialTokens
 from harness.paths import cache_root
 
 VALIDATION_PACKING_SEED = 0  # validation packs the same way for every run
+# The paper (section 4.1): 10 copies over 40 epochs, so each static mask is shown 4 times.
+PAPER_STATIC_MASK_VIEWS = 4
+
+
+@dataclass(frozen=True)
+class TrainBudget:
+    """What the run will consume, resolved by the recipe as plain values. A budget in tokens becomes updates only
+    once the packed rows are known (how many real tokens an update holds depends on their lengths)."""
+
+    max_steps: int | None
+    max_tokens: int | None  # real (non-padding) input tokens
+    accumulate: int  # micro-batches per update per device
+    devices: int
+    sequences_per_update: int | None  # batching by count (all devices together)
+    micro_batch_tokens: int | None  # batching by real tokens: the budget of one micro-batch
+
+    def tokens_per_update(self, lengths: np.ndarray, seed: int) -> float:
+        """Real tokens one update holds on average: by count, the mean row length times the batch; by tokens, the
+        greedy micro-batches of the first epoch's order (each a little under its budget), times the micro-batches."""
+        if self.micro_batch_tokens is None:
+            return float(self.sequences_per_update * np.mean(lengths))
+        micro = batches_by_tokens(epoch_order(len(lengths), seed, 0, shuffle=True), lengths, self.micro_batch_tokens)
+        return float(np.mean([lengths[b].sum() for b in micro])) * self.accumulate * self.devices
+
+    def updates(self, lengths: np.ndarray, seed: int) -> int:
+        if self.max_steps is not None:
+            return self.max_steps
+        return max(1, math.ceil(self.max_tokens / self.tokens_per_update(lengths, seed)))
+
+    def expected_sequences(self, lengths: np.ndarray, seed: int) -> float:
+        if self.sequences_per_update is not None:
+            return float(self.updates(lengths, seed) * self.sequences_per_update)
+        return self.updates(lengths, seed) * self.tokens_per_update(lengths, seed) / max(float(np.mean(lengths)), 1.0)
+
+
+def auto_dupe_factor(expected_sequences: float, rows_per_copy: int) -> int:
+    """Static copies so that each mask is shown about as often as in the paper: passes over the data / 4."""
+    passes = expected_sequences / max(rows_per_copy, 1)
+    return max(1, round(passes / PAPER_STATIC_MASK_VIEWS))
+
+
+def _check_nsp_documents(nsp: bool, documents: int, split: str) -> None:
+    if nsp and documents < 2:
+        hint = "raise corpus.validation_fraction" if split == "validation" else "use a larger corpus"
+        raise ConfigError(f"data.nsp = true needs at least two documents in the {split} split to draw random "
+                          f"B segments from; it has {documents} ({hint})")
 
 
 @dataclass(frozen=True)
@@ -130,23 +185,27 @@ class PretrainDataModule(pl.LightningDataModule):
     harness.recipe), not from the config, so the model and the data cannot disagree about them."""
 
     def __init__(self, config: RunConfig, *, nsp: bool, token_types: bool, data_dir: str | Path | None = None,
-                 micro_batch_size: int, micro_batch_tokens: int | None = None) -> None:
+                 micro_batch_size: int, micro_batch_tokens: int | None = None, budget: TrainBudget) -> None:
         super().__init__()
         self.config, self.data_dir = config, data_dir
         self.nsp, self.token_types = nsp, token_types
         self.micro_batch_size, self.micro_batch_tokens = micro_batch_size, micro_batch_tokens
+        self.budget = budget
         self.train_examples: TrainExamples | None = None
         self.val_examples: ValidationExamples | None = None
+        self.static_copies = 1  # set by build(), with rows_per_copy and total_updates
 
     # ---- building -------------------------------------------------------------------------------------
-    def _plans(self) -> tuple[PackingPlan, PackingPlan]:
+    def _plan(self, seed: int, copies: int) -> PackingPlan:
         d = self.config.data
-        common = {"packing": d.packing, "max_seq_length": d.max_seq_length, "nsp": self.nsp,
-                  "short_seq_prob": d.short_seq_prob}
-        train = PackingPlan.create(**common, seed=self.config.seed,
-                                   static_copies=d.dupe_factor if d.masking == "static" else 1)
-        validation = PackingPlan.create(**common, seed=VALIDATION_PACKING_SEED, static_copies=1)
-        return train, validation
+        return PackingPlan.create(packing=d.packing, max_seq_length=d.max_seq_length, nsp=self.nsp,
+                                  short_seq_prob=d.short_seq_prob, seed=seed, static_copies=copies)
+
+    def _pack(self, split: str, documents: Any, plan: PackingPlan) -> PackedExamples:
+        # The split is part of the key: equal plans over different documents must never share a cache entry.
+        key = f"{self._corpus_key}/{split}"
+        root = cache_root(self.config.impl.cache_dir) / "examples"
+        return build_packed(documents, plan, self.specials, root / plan.key(key), key)
 
     def build(self) -> tuple[PackedExamples, PackedExamples]:
         from harness.data.corpus import build_corpus
@@ -154,21 +213,37 @@ class PretrainDataModule(pl.LightningDataModule):
         corpus = build_corpus(self.config, self.data_dir)
         self.tokenizer, self.tokenizer_dir = corpus.tokenizer, corpus.tokenizer_dir
         self.specials = SpecialTokens.from_tokenizer(corpus.tokenizer)
-        root = cache_root(self.config.impl.cache_dir) / "examples"
-        packed = []
-        for name, split, plan in zip(("train", "validation"), (corpus.train, corpus.validation), self._plans(),
-                                     strict=True):
-            documents = split["sentences"]
-            if plan.nsp and len(documents) == 0:  # no validation documents: nothing to pack, no pair to draw
-                plan = replace(plan, nsp=False)
-            elif plan.nsp and len(documents) < 2:
-                hint = "raise corpus.validation_fraction" if name == "validation" else "use a larger corpus"
-                raise ConfigError(f"data.nsp = true needs at least two documents in the {name} split to draw random "
-                                  f"B segments from; it has {len(documents)} ({hint})")
-            # The split is part of the key: equal plans over different documents must never share a cache entry.
-            key = f"{corpus.cache_dir.name}/{name}"
-            packed.append(build_packed(documents, plan, self.specials, root / plan.key(key), key))
-        return packed[0], packed[1]
+        self._corpus_key = corpus.cache_dir.name
+        return self._build_train(corpus.train["sentences"]), self._build_validation(corpus.validation["sentences"])
+
+    def _build_train(self, documents: Any) -> PackedExamples:
+        """One packing first (copy 0 of any static packing): its size tells `dupe_factor: auto` how many copies the
+        budget allows. Pair packings then re-draw every copy (static_mode redraw, Google) or keep the one packing
+        and let only the masks differ (masks_only)."""
+        _check_nsp_documents(self.nsp, len(documents), "train")
+        first = self._pack("train", documents, self._plan(self.config.seed, 1))
+        self.rows_per_copy = len(first)
+        self.total_updates = self.budget.updates(first.lengths(), self.config.seed)
+        self.static_copies = self._resolve_static_copies(first)
+        redraw = self.config.data.static_mode == "redraw"
+        plan = self._plan(self.config.seed, self.static_copies if redraw else 1)
+        return first if plan.copies == 1 else self._pack("train", documents, plan)
+
+    def _resolve_static_copies(self, one_packing: PackedExamples) -> int:
+        d = self.config.data
+        if d.masking != "static":
+            return 1
+        if d.dupe_factor != "auto":
+            return int(d.dupe_factor)
+        return auto_dupe_factor(self.budget.expected_sequences(one_packing.lengths(), self.config.seed),
+                                len(one_packing))
+
+    def _build_validation(self, documents: Any) -> PackedExamples:
+        plan = self._plan(VALIDATION_PACKING_SEED, 1)  # validation packs the same way for every run
+        if plan.nsp and len(documents) == 0:  # no validation documents: nothing to pack, no pair to draw
+            plan = replace(plan, nsp=False)
+        _check_nsp_documents(plan.nsp, len(documents), "validation")
+        return self._pack("validation", documents, plan)
 
     def prepare_data(self) -> None:
         if self.train_examples is None:  # pretrain() sets up before the Trainer asks again
@@ -179,7 +254,7 @@ class PretrainDataModule(pl.LightningDataModule):
             return
         train, validation = self.build()
         d = self.config.data
-        self.train_examples = TrainExamples(train, d.masking, d.dupe_factor if d.masking == "static" else 1)
+        self.train_examples = TrainExamples(train, d.masking, self.static_copies)
         cap = self.config.budget.val_max_examples
         self.val_examples = ValidationExamples(validation.select(cap) if cap else validation)
         self.word_starts = word_start_table(self.tokenizer) if d.whole_word_masking else None
@@ -193,25 +268,26 @@ class PretrainDataModule(pl.LightningDataModule):
         return MaskingCollator(packed, self.specials, seed=self.config.seed, masks=masks,
                                word_starts=self.word_starts, token_types=self.token_types, nsp=self.nsp)
 
-    def _loader(self, dataset: Any, sampler: EpochBatchSampler, collate: MaskingCollator) -> ResumableDataLoader:
-        workers = self.config.impl.num_workers
-        return ResumableDataLoader(dataset, sampler, collate_fn=collate, num_workers=workers,
-                                   persistent_workers=False, pin_memory=torch.cuda.is_available())
-
-    def train_dataloader(self) -> ResumableDataLoader:
+    def train_dataloader(self) -> UpdateLoader:
         assert self.train_examples is not None, "call setup() first"
         rank, world = self._rank()
         d = self.config.data
-        sampler = EpochBatchSampler(self.train_examples.lengths(), seed=self.config.seed, shuffle=True,
-                                    batch_size=None if self.micro_batch_tokens else self.micro_batch_size,
-                                    max_tokens=self.micro_batch_tokens, drop_last=True, rank=rank, world_size=world)
+        sampler = StreamBatchSampler(self.train_examples.lengths(), seed=self.config.seed,
+                                     num_batches=self.total_updates * self.budget.accumulate,
+                                     batch_size=None if self.micro_batch_tokens else self.micro_batch_size,
+                                     max_tokens=self.micro_batch_tokens, rank=rank, world_size=world)
         masks = MaskSettings(d.mask_prob, d.mask_token_fraction, d.random_token_fraction, d.mask_count,
                              d.max_predictions_per_seq)
-        return self._loader(self.train_examples, sampler, self._collator(self.train_examples.packed, masks))
+        return UpdateLoader(self.train_examples, sampler, accumulate=self.budget.accumulate,
+                            collate_fn=self._collator(self.train_examples.packed, masks), **self._loader_options())
 
-    def val_dataloader(self) -> ResumableDataLoader:
+    def _loader_options(self) -> dict[str, Any]:
+        return {"num_workers": self.config.impl.num_workers, "pin_memory": torch.cuda.is_available()}
+
+    def val_dataloader(self) -> DataLoader:
         assert self.val_examples is not None, "call setup() first"
         rank, world = self._rank()
         sampler = EpochBatchSampler(self.val_examples.packed.lengths(), seed=0, shuffle=False,
                                     batch_size=self.micro_batch_size, rank=rank, world_size=world)
-        return self._loader(self.val_examples, sampler, self._collator(self.val_examples.packed, None))
+        return DataLoader(self.val_examples, batch_sampler=sampler,
+                          collate_fn=self._collator(self.val_examples.packed, None), **self._loader_options())

@@ -94,9 +94,17 @@ def sparse_mlm_token_losses(hidden: Tensor, labels: Tensor, head: nn.Module) -> 
 class PretrainModule(pl.LightningModule):
     """MLM (+ NSP) pre-training of a transformers model, with the paper's optimiser and schedule.
 
-    Gradient clipping and accumulation are left to the Trainer (gradient_clip_val, accumulate_grad_batches);
-    per-update counters are gathered in `on_before_optimizer_step`, which runs once per update.
+    The loss of an update weighs every masked token the same, whatever micro-batch or rank it sits in, as fairseq's
+    criterion and trainer do: each micro-batch contributes the SUM of its token losses divided by the masked tokens
+    of the whole update (all micro-batches, all ranks), and NSP likewise per pair. The data loader tags each
+    micro-batch with its update's totals on its rank (harness.data.loader.UpdateLoader); they are summed over ranks
+    once per update. Lightning's accumulation divides each micro-batch loss by `accumulate_grad_batches` and DDP
+    averages over ranks, so both factors are multiplied back. Clipping is left to the Trainer (gradient_clip_val).
     """
+
+    # Per-update sums kept on the device: real tokens, masked tokens, padded positions, sequences, MLM loss sum,
+    # NSP loss sum, NSP correct. The host reads them once per update, in on_before_optimizer_step.
+    _COUNTERS = ("tokens", "masked", "padded", "sequences", "mlm_loss_sum", "nsp_loss_sum", "nsp_correct")
 
     def __init__(self, model: PreTrainedModel, *, optim: OptimConfig, total_steps: int, nsp: bool,
                  throughput_window: int = 10) -> None:
@@ -109,12 +117,13 @@ class PretrainModule(pl.LightningModule):
         self.optim, self.total_steps, self.nsp = optim, total_steps, nsp
         # Persistent so a resumed run keeps counting where it stopped.
         self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.long))
-        # (non-padding tokens, masked tokens, padded input positions) of the update in progress
-        self._update_counts = torch.zeros(3, dtype=torch.long)
+        self.register_buffer("sequences_seen", torch.zeros((), dtype=torch.long))
+        self._update_counts = torch.zeros(len(self._COUNTERS), dtype=torch.float64)
+        self._update_norm: Tensor | None = None  # (masked tokens, sequences) of the update in progress, all ranks
         self._window: deque[tuple[float, Tensor]] = deque(maxlen=throughput_window + 1)
         self.val_mlm_loss = MeanMetric()  # token-weighted: updated with one loss per masked token
         if nsp:
-            self.train_nsp_acc, self.val_nsp_acc = BinaryAccuracy(), BinaryAccuracy()
+            self.val_nsp_acc = BinaryAccuracy()
             self.val_nsp_loss = MeanMetric()
 
     # Parts are looked up, not stored as attributes, so they are not registered twice in the state dict.
@@ -147,46 +156,72 @@ class PretrainModule(pl.LightningModule):
         # sum / count rather than .mean(): a micro-batch without masked tokens gives 0, not NaN.
         return token_losses.sum() / max(token_losses.numel(), 1)
 
+    def _normaliser(self, batch: dict[str, Tensor], masked: int) -> Tensor:
+        """(masked tokens, sequences) of the whole update on all ranks, computed at its first micro-batch. A batch
+        without update totals (a hand-built loader) is treated as an update of its own."""
+        if self._update_norm is None:
+            if "update_masked_tokens" in batch:
+                local = torch.stack([batch["update_masked_tokens"], batch["update_sequences"]]).double()
+            else:
+                local = torch.tensor([masked, batch["input_ids"].shape[0]], dtype=torch.float64, device=self.device)
+            totals = self.trainer.strategy.reduce(local, reduce_op="sum") if self.trainer.world_size > 1 else local
+            self._update_norm = totals.clamp(min=1.0).float()  # an update without masked tokens: loss 0, not NaN
+        return self._update_norm
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self(batch)
-        batch_size = batch["input_ids"].shape[0]
-        mlm_loss = self.mean_loss(out["mlm_token_losses"])
-        loss = mlm_loss
-        self.log("train/mlm_loss", mlm_loss, on_step=True, prog_bar=True, batch_size=batch_size)
+        token_losses = out["mlm_token_losses"]
+        masked_total, sequences_total = self._normaliser(batch, token_losses.numel())
+        mlm_sum = token_losses.sum()
+        loss = mlm_sum / masked_total
+        nsp_sum = nsp_correct = torch.zeros((), device=mlm_sum.device)
         if self.nsp:
             target = batch["next_sentence_label"]
-            nsp_loss = F.cross_entropy(out["nsp_logits"].float(), target)
-            loss = loss + nsp_loss  # unweighted sum, as BertForPreTraining and Google's BERT
-            self.train_nsp_acc(out["nsp_logits"].argmax(-1), target)
-            self.log("train/nsp_loss", nsp_loss, on_step=True, batch_size=batch_size)
-            self.log("train/nsp_acc", self.train_nsp_acc, on_step=True, on_epoch=False, batch_size=batch_size)
-        self._count_micro_batch(batch["attention_mask"], out["mlm_token_losses"].numel())
-        return loss
+            nsp_losses = F.cross_entropy(out["nsp_logits"].float(), target, reduction="none")
+            nsp_sum = nsp_losses.sum()
+            nsp_correct = (out["nsp_logits"].argmax(-1) == target).sum()
+            loss = loss + nsp_sum / sequences_total  # unweighted sum of the two means, as Google's BERT
+        self._count_micro_batch(batch["attention_mask"], token_losses.numel(), mlm_sum, nsp_sum, nsp_correct)
+        # Lightning divides by the accumulation factor and DDP averages over ranks: undo both, so the gradient of
+        # the update is exactly that of (sum of token losses) / (masked tokens of the update).
+        return loss * (self.trainer.accumulate_grad_batches * self.trainer.world_size)
 
-    def _count_micro_batch(self, attention_mask: Tensor, masked: int) -> None:
-        # Kept on the device and summed without .item(): the host reads it only when Lightning logs.
+    def _count_micro_batch(self, attention_mask: Tensor, masked: int, mlm_sum: Tensor, nsp_sum: Tensor,
+                           nsp_correct: Tensor) -> None:
+        # Kept on the device and summed without .item(): the host reads them once per update.
         if self._update_counts.device != attention_mask.device:
             self._update_counts = self._update_counts.to(attention_mask.device)
-        self._update_counts[0] += attention_mask.sum()
-        self._update_counts[1] += masked
-        self._update_counts[2] += attention_mask.numel()
+        sizes = torch.tensor([masked, attention_mask.numel(), attention_mask.shape[0]], dtype=torch.float64)
+        losses = torch.stack([mlm_sum.detach(), nsp_sum.detach(), nsp_correct.to(mlm_sum.dtype)]).double()
+        self._update_counts += torch.cat([attention_mask.sum().double()[None],
+                                          sizes.to(attention_mask.device, non_blocking=True), losses])
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Once per update, after all its micro-batches: counters summed over ranks, throughput, learning rate."""
-        counts = self.trainer.strategy.reduce(self._update_counts.clone(), reduce_op="sum")
+        """Once per update, after all its micro-batches: the update's figures summed over ranks, so every logged
+        value describes the whole update, not one rank's share."""
+        totals = self.trainer.strategy.reduce(self._update_counts.clone(), reduce_op="sum")
         self._update_counts.zero_()
-        self.tokens_seen += counts[0]
+        self._update_norm = None
+        counts = dict(zip(self._COUNTERS, totals, strict=True))
+        self.tokens_seen += counts["tokens"].long()
+        self.sequences_seen += counts["sequences"].long()
+        masked, sequences = counts["masked"].clamp(min=1), counts["sequences"].clamp(min=1)
+        self.log("train/mlm_loss", counts["mlm_loss_sum"] / masked, on_step=True, prog_bar=True)
+        if self.nsp:
+            self.log("train/nsp_loss", counts["nsp_loss_sum"] / sequences, on_step=True)
+            self.log("train/nsp_acc", counts["nsp_correct"] / sequences, on_step=True)
         self.log("train/tokens_seen", self.tokens_seen.double(), on_step=True)
-        self.log("train/masked_per_update", counts[1].double(), on_step=True)
+        self.log("train/sequences_per_update", counts["sequences"], on_step=True)
+        self.log("train/masked_per_update", counts["masked"], on_step=True)
         # Token batching (optim.batch_tokens) makes these vary per update: real tokens and what was computed.
-        self.log("train/tokens_per_update", counts[0].double(), on_step=True)
-        self.log("train/padded_tokens_per_update", counts[2].double(), on_step=True)
+        self.log("train/tokens_per_update", counts["tokens"], on_step=True)
+        self.log("train/padded_tokens_per_update", counts["padded"], on_step=True)
         self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True)
-        self._window.append((time.perf_counter(), counts[0]))
+        self._window.append((time.perf_counter(), counts["tokens"]))
         if len(self._window) > 1:
             elapsed = self._window[-1][0] - self._window[0][0]
             tokens = torch.stack([count for _, count in list(self._window)[1:]]).sum()
-            self.log("train/tokens_per_s", tokens.double() / elapsed, on_step=True)
+            self.log("train/tokens_per_s", tokens / elapsed, on_step=True)
 
     def on_validation_epoch_start(self) -> None:
         self._window.clear()  # evaluation time is not training throughput
