@@ -1,0 +1,145 @@
+"""The training core through `pretrain` on the shared data: every update the size the config says (also across a
+pass over the data, with micro-batches), a token-weighted update loss, static masking in the paper's regime, the
+token budget, and a run directory that is only marked done once its model is complete."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from pytorch_lightning.callbacks import Callback
+
+from harness.config import load_config
+from harness.runs import FINAL_METRICS_FILE, read_curves
+from harness.train import EXPORT_DIR, pretrain
+
+# 18 Reuters articles (2 more held out) at length 64 are about 110 training inputs: few updates make several passes.
+SMALL = [
+    "corpus.layout=jsonl", "corpus.path=corpora/reuters.jsonl", "corpus.max_documents=20",
+    "corpus.validation_fraction=0.1",
+    "tokenizer.vocab_size=600", "data.max_seq_length=64", "optim.peak_lr=2e-3", "optim.warmup_fraction=0.1",
+    "budget.val_every_steps=1000", "budget.val_max_examples=16", "impl.progress_bar=false", "logging.wandb=false",
+    "logging.log_every_steps=1", "impl.threads=1",
+]
+
+
+def _run_dir(results: Path) -> Path:
+    return next(results.glob("*/runs/*"))
+
+
+def _run(shared_data: Path, results: Path, *overrides: str, callbacks=()) -> tuple[dict, object]:
+    metrics = pretrain(load_config(overrides=[*SMALL, *overrides]), shared_data, results, extra_callbacks=callbacks)
+    return metrics, read_curves(_run_dir(results))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_torch_threads():
+    threads = torch.get_num_threads()  # impl.threads is process-wide
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_table3_pair_sees_full_updates_of_the_configured_size_across_passes(shared_data, tmp_path):
+    """Batch 8 for 32 updates and batch 32 by accumulation (4 micro-batches of 8) for 8 updates: the same 256
+    sequences in the same order, every update exactly its configured size, although both runs cross pass ends."""
+    small, small_curves = _run(shared_data, tmp_path / "b8", "optim.batch_size=8", "budget.max_steps=32")
+    large, large_curves = _run(shared_data, tmp_path / "b32", "optim.batch_size=32", "impl.micro_batch_size=8",
+                               "budget.max_steps=8")
+    assert small_curves["train/sequences_per_update"].dropna().tolist() == [8.0] * 32
+    assert large_curves["train/sequences_per_update"].dropna().tolist() == [32.0] * 8
+    assert small["data_passes"] > 2 and large["data_passes"] > 2  # both ran through two pass ends
+    assert small["sequences_seen"] == large["sequences_seen"] == 256
+    assert small["tokens_seen"] == large["tokens_seen"]  # the same inputs: the stream does not depend on the split
+    assert (large_curves["train/masked_per_update"].dropna() > 0).all()
+
+
+class GradientsOfFirstUpdate(Callback):
+    """Copies every gradient right before the first optimizer step, and the masked tokens of each micro-batch."""
+
+    def __init__(self) -> None:
+        self.gradients: dict[str, torch.Tensor] = {}
+        self.masked: list[int] = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == 0:
+            self.masked.append(int((batch["labels"] != -100).sum()))
+
+    def on_before_optimizer_step(self, trainer, module, optimizer):
+        if trainer.global_step == 0:
+            self.gradients = {name: p.grad.detach().clone() for name, p in module.named_parameters()
+                              if p.grad is not None}
+
+
+def test_the_gradient_of_an_update_does_not_depend_on_its_micro_batches(shared_data, tmp_path):
+    """One micro-batch of 16 or four of 4 with unequal masked-token counts: the same sum of token losses over the
+    same masked-token total, MLM and NSP alike (BERT with NSP, dropout 0)."""
+    bert = ["model.family=bert", "tokenizer.kind=wordpiece", "data.packing=segment_pair", "data.nsp=true",
+            "data.segment_embeddings=true", "model.dropout=0", "optim.batch_size=16", "budget.max_steps=1"]
+    whole, split = GradientsOfFirstUpdate(), GradientsOfFirstUpdate()
+    _run(shared_data, tmp_path / "whole", *bert, callbacks=[whole])
+    _run(shared_data, tmp_path / "split", *bert, "impl.micro_batch_size=4", callbacks=[split])
+    assert len(whole.masked) == 1 and len(split.masked) == 4 and sum(split.masked) == whole.masked[0]
+    assert len(set(split.masked)) > 1  # unequal counts: a mean of micro-batch means would weigh tokens unequally
+    assert whole.gradients.keys() == split.gradients.keys() and len(whole.gradients) > 10
+    for name, gradient in whole.gradients.items():
+        torch.testing.assert_close(split.gradients[name], gradient, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_static_run_reports_how_often_each_mask_was_shown(shared_data, tmp_path):
+    """dupe_factor auto sizes the copies from the budget (passes / 4, the paper's ratio); the run records it."""
+    metrics, _ = _run(shared_data, tmp_path, "data.masking=static", "data.dupe_factor=auto", "optim.batch_size=16",
+                      "budget.max_steps=64")
+    passes = 64 * 16 / metrics["train_rows_per_pass"]
+    assert metrics["sequences_seen"] == 1024 and metrics["data_passes"] == pytest.approx(passes, rel=1e-3)
+    assert metrics["dupe_factor"] == max(1, round(passes / 4)) >= 2
+    assert metrics["static_mask_views"] == pytest.approx(passes / metrics["dupe_factor"], rel=1e-3)
+    assert metrics["train_examples"] == metrics["dupe_factor"] * metrics["train_rows_per_pass"]
+
+
+def test_static_masks_shown_fewer_than_twice_warn_loudly(shared_data, tmp_path):
+    with pytest.warns(UserWarning, match="STATIC MASKING IN NAME ONLY"):
+        metrics, _ = _run(shared_data, tmp_path, "data.masking=static", "data.dupe_factor=10", "optim.batch_size=8",
+                          "budget.max_steps=2")
+    assert metrics["static_mask_views"] < 2 and "static_mask_views" in metrics
+
+
+@pytest.mark.parametrize("batching", [["optim.batch_size=8"], ["optim.batch_tokens=384"]], ids=["count", "tokens"])
+def test_a_token_budget_becomes_the_updates_that_feed_that_many_real_tokens(shared_data, tmp_path, batching):
+    metrics, curves = _run(shared_data, tmp_path, *batching, "budget.max_steps=null", "budget.max_tokens=4000")
+    per_update = curves["train/tokens_per_update"].dropna().mean()
+    assert metrics["steps"] == math.ceil(4000 / per_update) or abs(metrics["tokens_seen"] - 4000) < per_update
+    assert abs(metrics["tokens_seen"] - 4000) < 1.5 * per_update  # real tokens, not padded or nominal ones
+    assert metrics["tokens_seen"] < metrics["nominal_tokens_per_update"] * metrics["steps"]
+
+
+def test_final_metrics_come_only_after_a_complete_model(shared_data, tmp_path, monkeypatch):
+    """A crash between the export and the done marker leaves a complete model/ and no final_metrics.json; a crash
+    inside the export leaves no model/ at all. Either way the next launch finishes the run."""
+    import harness.train as train
+
+    overrides = ("optim.batch_size=8", "budget.max_steps=2", "impl.checkpoint_every_steps=1")
+    config = load_config(overrides=[*SMALL, *overrides])
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("transformers.PreTrainedTokenizerBase.save_pretrained", crash)
+        with pytest.raises(RuntimeError, match="killed"):
+            pretrain(config, shared_data, tmp_path)
+    run = _run_dir(tmp_path)
+    assert not (run / EXPORT_DIR).exists() and not (run / FINAL_METRICS_FILE).exists()
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "write_final_metrics", crash)
+        with pytest.raises(RuntimeError, match="killed"):
+            pretrain(config, shared_data, tmp_path)
+    assert (run / EXPORT_DIR / "config.json").is_file() and not (run / FINAL_METRICS_FILE).exists()
+    metrics = pretrain(config, shared_data, tmp_path)
+    assert json.loads((run / FINAL_METRICS_FILE).read_text()) == metrics and metrics["steps"] == 2
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    model = AutoModelForMaskedLM.from_pretrained(run / EXPORT_DIR)
+    assert model.config.vocab_size == len(AutoTokenizer.from_pretrained(run / EXPORT_DIR))
