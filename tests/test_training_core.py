@@ -143,3 +143,108 @@ def test_final_metrics_come_only_after_a_complete_model(shared_data, tmp_path, m
 
     model = AutoModelForMaskedLM.from_pretrained(run / EXPORT_DIR)
     assert model.config.vocab_size == len(AutoTokenizer.from_pretrained(run / EXPORT_DIR))
+
+
+# ---- static copies of pair packings ------------------------------------------------------------------------------
+
+BERT_STATIC = ["model.family=bert", "tokenizer.kind=wordpiece", "data.packing=segment_pair", "data.nsp=true",
+               "data.segment_embeddings=true", "data.masking=static", "data.dupe_factor=3", "data.short_seq_prob=0.1"]
+
+
+def _copies(data) -> list[list[tuple[list[int], int]]]:
+    """Per static copy: (input ids, NSP label) of each packed row, in stored order."""
+    examples = data.train_examples
+    copies: list[list[tuple[list[int], int]]] = [[] for _ in range(data.static_copies)]
+    for index in range(len(examples)):
+        copy, _, row = examples[(0, index)]
+        copies[copy].append((examples.packed.row(row).tolist(), int(examples.packed.nsp[row])))
+    return copies
+
+
+@pytest.mark.parametrize("mode", ["redraw", "masks_only"])
+def test_static_mode_decides_whether_pair_copies_draw_a_new_packing(shared_data, tmp_path, mode):
+    """redraw (Google): each copy re-draws target lengths, A/B splits and NSP negatives; masks_only: one packing,
+    three copies that differ only by their masks. Either way every copy is masked differently."""
+    from harness.recipe import build_datamodule, resolve_recipe
+
+    overrides = [*SMALL, *BERT_STATIC, f"data.static_mode={mode}", "optim.batch_size=8", "budget.max_steps=2"]
+    metrics = pretrain(load_config(overrides=overrides), shared_data, tmp_path)
+    config = load_config(overrides=overrides)
+    data = build_datamodule(config, resolve_recipe(config), shared_data)
+    data.setup("fit")
+    copies = _copies(data)
+    assert len(copies) == 3 and metrics["dupe_factor"] == 3
+    if mode == "masks_only":
+        assert copies[0] == copies[1] == copies[2]
+        assert metrics["train_examples"] == 3 * metrics["train_rows_per_pass"]
+    else:
+        assert copies[0] != copies[1] and copies[1] != copies[2]
+    collate = data.train_dataloader().collate_fn
+    rows = len(copies[0])
+    first = collate([data.train_examples[(0, i)] for i in range(rows)])
+    second = collate([data.train_examples[(0, rows + i)] for i in range(len(copies[1]))])
+    if mode == "masks_only":  # the same inputs, other masks
+        assert (first["labels"] != second["labels"]).any(dim=1).float().mean() > 0.9
+
+
+# ---- masking options reach the batches that `harness inspect-data` writes (the training loader) ------------------
+
+def _inspect(shared_data: Path, tmp_path: Path, capsys, *overrides: str) -> tuple[dict, list[dict]]:
+    from harness.cli import main
+
+    out = tmp_path / "batches.jsonl"
+    sets = [arg for item in [*SMALL, "optim.batch_size=16", *overrides] for arg in ("--set", item)]
+    assert main(["inspect-data", "--data-dir", str(shared_data), "--out", str(out), "--batches", "12", "--show", "0",
+                 *sets]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    return stats, [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def _tokenizer(shared_data: Path, *overrides: str):
+    from harness.data.tokenizer import build_tokenizer
+
+    return build_tokenizer(load_config(overrides=[*SMALL, *overrides]), shared_data)[0]
+
+
+def test_mask_count_and_cap_reach_the_training_batches(shared_data, tmp_path, capsys):
+    overrides = ("data.mask_count=google", "data.max_predictions_per_seq=5")
+    _, records = _inspect(shared_data, tmp_path, capsys, *overrides)
+    special = set(_tokenizer(shared_data, *overrides).all_special_ids)
+    assert len(records) == 12 * 16
+    capped = 0
+    for record in records:
+        candidates = sum(1 for token, label in zip(record["input_ids"], record["labels"], strict=True)
+                         if (label if label != -100 else token) not in special)
+        chosen = sum(label != -100 for label in record["labels"])
+        assert chosen == min(5, max(1, round(0.15 * candidates)))  # Google's rule, capped
+        capped += chosen == 5 < round(0.15 * candidates)
+    assert capped > 0
+
+
+def test_mask_probability_and_corruption_fractions_reach_the_training_batches(shared_data, tmp_path, capsys):
+    stats, _ = _inspect(shared_data, tmp_path, capsys, "data.mask_prob=0.3", "data.mask_token_fraction=0.5",
+                        "data.random_token_fraction=0.5")
+    assert stats["mask_rate"] == pytest.approx(0.3, abs=0.01)
+    assert stats["mask_split"]["mask"] == pytest.approx(0.5, abs=0.05)
+    assert stats["mask_split"]["kept"] < 0.01  # none kept on purpose; a random draw may hit the original
+
+
+def test_whole_word_masking_reaches_the_training_batches(shared_data, tmp_path, capsys):
+    from harness.data.masking import word_start_table
+
+    overrides = ("tokenizer.kind=wordpiece", "model.family=bert", "data.whole_word_masking=true")
+    _, records = _inspect(shared_data, tmp_path, capsys, *overrides)
+    tokenizer = _tokenizer(shared_data, *overrides)
+    starts = word_start_table(tokenizer)
+    special = set(tokenizer.all_special_ids)
+    continued = 0
+    for record in records:
+        originals = [label if label != -100 else token for token, label in zip(record["input_ids"], record["labels"],
+                                                                                strict=True)]
+        chosen = [label != -100 for label in record["labels"]]
+        for position in range(1, len(originals)):
+            if not starts[originals[position]] and originals[position - 1] not in special:
+                # a '##' piece inside a word: chosen exactly when the piece before it is
+                assert chosen[position] == chosen[position - 1], tokenizer.convert_ids_to_tokens(originals)
+                continued += chosen[position]
+    assert continued > 20  # multi-piece words were masked whole, many times
