@@ -248,3 +248,14 @@ def test_whole_word_masking_reaches_the_training_batches(shared_data, tmp_path, 
                 assert chosen[position] == chosen[position - 1], tokenizer.convert_ids_to_tokens(originals)
                 continued += chosen[position]
     assert continued > 20  # multi-piece words were masked whole, many times
+
+
+@pytest.mark.slow  # compiling takes minutes on 2 CPU cores; impl.compile is meant for GPUs
+def test_compiled_encoder_trains_and_exports_a_plain_checkpoint(shared_data, tmp_path):
+    from safetensors.torch import load_file
+
+    metrics, curves = _run(shared_data, tmp_path, "impl.compile=true", "optim.batch_size=16", "budget.max_steps=20")
+    loss = curves["train/mlm_loss"].dropna()
+    assert metrics["steps"] == 20 and loss.iloc[-3:].mean() < loss.iloc[:3].mean() - 0.3
+    weights = load_file(_run_dir(tmp_path) / EXPORT_DIR / "model.safetensors")
+    assert weights and not any("_orig_mod" in name for name in weights)  # compiled in place, names unchanged

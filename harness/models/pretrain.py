@@ -12,6 +12,8 @@ Batch contract (one dict per micro-batch):
     token_type_ids       B x L long, present only when the model has segment embeddings
     labels               B x L long, the original token at masked positions, -100 elsewhere
     next_sentence_label  B long, only with NSP: 0 = segment B follows A, 1 = B is random
+    label_chars          B x L long, only in batches of the common held-out set: characters of each masked
+                         token's text (harness.data.heldout), summed into bits per character
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from transformers import (
 
 from harness.config import ModelConfig, OptimConfig
 from harness.data.masking import IGNORE_INDEX
+from harness.models.metrics import MaskedTokenBits
 from harness.models.optim import build_lr_schedule, build_optimizer
 
 # Layer-norm epsilon of the released checkpoints: Google's BERT 1e-12, fairseq's RoBERTa 1e-5.
@@ -122,6 +125,7 @@ class PretrainModule(pl.LightningModule):
         self._update_norm: Tensor | None = None  # (masked tokens, sequences) of the update in progress, all ranks
         self._window: deque[tuple[float, Tensor]] = deque(maxlen=throughput_window + 1)
         self.val_mlm_loss = MeanMetric()  # token-weighted: updated with one loss per masked token
+        self.common_val = MaskedTokenBits()  # the common held-out set, scored alike for every arm
         if nsp:
             self.val_nsp_acc = BinaryAccuracy()
             self.val_nsp_loss = MeanMetric()
@@ -138,6 +142,12 @@ class PretrainModule(pl.LightningModule):
     @property
     def nsp_head(self) -> nn.Module | None:
         return model_parts(self.model)[2]
+
+    def compile_encoder(self) -> None:
+        """torch.compile the encoder in place (nn.Module.compile): parameter names, checkpoints and the exported
+        model stay those of the plain module. Sequence lengths vary with padding, so shapes are marked dynamic
+        rather than recompiled per length; the sparse MLM head stays eager (its row count changes every batch)."""
+        self.encoder.compile(dynamic=True)
 
     def encode(self, batch: dict[str, Tensor]) -> Any:
         extra = {"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {}
@@ -226,8 +236,12 @@ class PretrainModule(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._window.clear()  # evaluation time is not training throughput
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         out = self(batch)
+        if "label_chars" in batch:  # the common held-out set (its loader's batches alone carry characters)
+            chars = batch["label_chars"][batch["labels"] != IGNORE_INDEX]  # row-major, as the token losses
+            self.common_val.update(out["mlm_token_losses"], chars)
+            return
         self.val_mlm_loss.update(out["mlm_token_losses"])
         if self.nsp:
             target = batch["next_sentence_label"]
@@ -245,6 +259,11 @@ class PretrainModule(pl.LightningModule):
             self.log("val/nsp_acc", self.val_nsp_acc.compute())
             self.val_nsp_loss.reset()
             self.val_nsp_acc.reset()
+        if self.common_val.update_count:
+            # add_dataloader_idx=False: one curve per figure, whichever loader is current when this hook runs
+            for name, value in self.common_val.compute().items():
+                self.log(f"common_val/{name}", value, add_dataloader_idx=False)
+            self.common_val.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(self.model, self.optim)
