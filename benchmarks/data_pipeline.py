@@ -101,9 +101,11 @@ def time_build(config: RunConfig, data: PretrainDataModule, data_dir: Path, repe
 def time_iterate(data: PretrainDataModule, batches: int, repeats: int) -> float:
     """Training examples per second through the train DataLoader, epoch 0 then 1 (fresh masks for dynamic)."""
     loader = data.train_dataloader()
+    sampler = loader.batch_sampler
     rates = []
     for repeat in range(repeats):
-        loader.batch_sampler.set_epoch(repeat)
+        sampler.start = sampler.first_batch_of_epoch(repeat)
+        sampler.num_batches = max(sampler.num_batches, sampler.start + batches)
         start, seen = time.perf_counter(), 0
         for number, batch in enumerate(loader):
             seen += len(batch["input_ids"])

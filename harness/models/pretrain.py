@@ -168,15 +168,18 @@ class PretrainModule(pl.LightningModule):
 
     def _normaliser(self, batch: dict[str, Tensor], masked: int) -> Tensor:
         """(masked tokens, sequences) of the whole update on all ranks, computed at its first micro-batch. A batch
-        without update totals (a hand-built loader) is treated as an update of its own."""
-        if self._update_norm is None:
-            if "update_masked_tokens" in batch:
-                local = torch.stack([batch["update_masked_tokens"], batch["update_sequences"]]).double()
-            else:
-                local = torch.tensor([masked, batch["input_ids"].shape[0]], dtype=torch.float64, device=self.device)
-            totals = self.trainer.strategy.reduce(local, reduce_op="sum") if self.trainer.world_size > 1 else local
-            self._update_norm = totals.clamp(min=1.0).float()  # an update without masked tokens: loss 0, not NaN
+        without update totals (a hand-built loader, a bare training loop) is normalised as an update of its own."""
+        if "update_masked_tokens" not in batch:
+            local = torch.tensor([masked, batch["input_ids"].shape[0]], dtype=torch.float64, device=self.device)
+            return self._sum_over_ranks(local).clamp(min=1.0).float()
+        if self._update_norm is None:  # reset once per update, in on_before_optimizer_step
+            local = torch.stack([batch["update_masked_tokens"], batch["update_sequences"]]).double()
+            self._update_norm = self._sum_over_ranks(local).clamp(min=1.0).float()  # no masked token: loss 0, not NaN
         return self._update_norm
+
+    def _sum_over_ranks(self, values: Tensor) -> Tensor:
+        trainer = self._trainer  # None when a bare loop calls training_step (benchmarks)
+        return trainer.strategy.reduce(values, reduce_op="sum") if trainer and trainer.world_size > 1 else values
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self(batch)
@@ -194,7 +197,8 @@ class PretrainModule(pl.LightningModule):
         self._count_micro_batch(batch["attention_mask"], token_losses.numel(), mlm_sum, nsp_sum, nsp_correct)
         # Lightning divides by the accumulation factor and DDP averages over ranks: undo both, so the gradient of
         # the update is exactly that of (sum of token losses) / (masked tokens of the update).
-        return loss * (self.trainer.accumulate_grad_batches * self.trainer.world_size)
+        trainer = self._trainer
+        return loss * (trainer.accumulate_grad_batches * trainer.world_size if trainer else 1)
 
     def _count_micro_batch(self, attention_mask: Tensor, masked: int, mlm_sum: Tensor, nsp_sum: Tensor,
                            nsp_correct: Tensor) -> None:
