@@ -156,7 +156,8 @@ def time_step(config: RunConfig, data: PretrainDataModule, batch: dict[str, torc
             for index in range(steps + 2):  # two untimed warm-up steps
                 start = time.perf_counter()
                 module.training_step(batch, index).backward()
-                torch.nn.utils.clip_grad_norm_(module.parameters(), config.optim.clip_grad_norm)
+                if config.optim.clip_grad_norm:  # 0 = no clipping, as the Trainer's gradient_clip_val
+                    torch.nn.utils.clip_grad_norm_(module.parameters(), config.optim.clip_grad_norm)
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)

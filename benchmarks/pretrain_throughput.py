@@ -191,7 +191,8 @@ def run_ours_loop(args: argparse.Namespace, data: BenchData, clock: StepClock) -
 
 
 def _update(model: torch.nn.Module, optimizer, schedule, optim: OptimConfig) -> None:
-    torch.nn.utils.clip_grad_norm_(model.parameters(), optim.clip_grad_norm)
+    if optim.clip_grad_norm:  # 0 = no clipping (RoBERTa), as the Trainer's gradient_clip_val
+        torch.nn.utils.clip_grad_norm_(model.parameters(), optim.clip_grad_norm)
     optimizer.step()
     schedule.step()
     optimizer.zero_grad(set_to_none=True)

@@ -9,12 +9,16 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from harness.config import PRESETS, HarnessError, RunConfig, dump_yaml, load_config
+from harness.config import PRESETS, RECIPES, HarnessError, RunConfig, dump_yaml, load_config
 
 
 def _add_config_args(parser: argparse.ArgumentParser, *, data: bool = True) -> None:
     parser.add_argument("--config", type=Path, help="run config YAML (start from `harness config`)")
     parser.add_argument("--preset", choices=list(PRESETS), help="start from a size preset; the file and --set win")
+    # No argparse `choices`: an unknown recipe is reported by the config as one line naming the allowed values.
+    parser.add_argument("--recipe", metavar="|".join(RECIPES),
+                        help="lay a paper recipe over the size preset (same as `recipe:` in the file); "
+                        "the file and --set win")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one field, e.g. --set data.packing=doc_sentences (repeatable)")
     if data:
@@ -23,7 +27,7 @@ def _add_config_args(parser: argparse.ArgumentParser, *, data: bool = True) -> N
 
 
 def _config_from(args: argparse.Namespace) -> RunConfig:
-    return load_config(args.config, args.overrides, preset=args.preset)
+    return load_config(args.config, args.overrides, preset=args.preset, recipe=args.recipe)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -34,27 +38,27 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenizer(args: argparse.Namespace) -> int:
+    config = _config_from(args)  # a bad value fails before the heavy imports
     from harness.data.tokenizer import build_tokenizer
 
-    config = _config_from(args)
     tokenizer, path = build_tokenizer(config, args.data_dir)
     print(f"{type(tokenizer).__name__} with {len(tokenizer)} tokens saved at {path}")
     return 0
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
+    config = _config_from(args)  # a bad value fails before the heavy imports
     from harness.data.corpus import build_corpus
 
-    config = _config_from(args)
     corpus = build_corpus(config, args.data_dir)
     print(json.dumps(corpus.stats(), indent=2, default=str))
     return 0
 
 
 def cmd_inspect_data(args: argparse.Namespace) -> int:
+    config = _config_from(args)  # a bad value fails before the heavy imports
     from harness.data.inspect import inspect_data
 
-    config = _config_from(args)
     stats = inspect_data(config, batches=args.batches, out=args.out, epochs=args.epochs, data_dir=args.data_dir,
                          show=args.show)
     print(json.dumps(stats, indent=2))
@@ -63,9 +67,9 @@ def cmd_inspect_data(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    config = _config_from(args)  # a bad value fails before the heavy imports
     from harness.train import pretrain
 
-    config = _config_from(args)
     metrics = pretrain(config, args.data_dir, args.results)
     print(json.dumps(metrics, indent=2))
     return 0

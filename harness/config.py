@@ -98,9 +98,10 @@ class DataConfig(ConfigSection):
     )
     separators: Literal["document", "fairseq"] = Field(
         "document",
-        description="full/doc_sentences: document = one separator between two documents sharing an input (the "
-        "paper's text; default, needs no paragraph structure, which jsonl/hub corpora often lack); fairseq = </s> "
-        "after every paragraph plus one between documents, as fairseq's one-line-per-paragraph files give",
+        description="full/doc_sentences: document = one separator between two documents sharing an input (default: "
+        "what the paper describes, and the same on every corpus, paragraph breaks or not); fairseq = also </s> "
+        "after every paragraph, as fairseq's one-line-per-paragraph files (doc_sentences: no document separator, "
+        "as complete_doc skips the empty line)",
     )
     short_seq_prob: float = Field(
         0.0, ge=0.0, le=1.0,
@@ -439,6 +440,9 @@ RECIPES: dict[str, dict[str, Any]] = {
         "model.family": "roberta",  # RobertaForMaskedLM: no NSP head
         # paper 4.2: FULL-SENTENCES "in the remainder of our experiments"; fairseq --sample-break-mode complete
         "data.packing": "full_sentences",
+        # paper 4.2: "an extra separator token between documents". fairseq's files also end every paragraph with
+        # </s> (data.separators=fairseq); that needs paragraph structure and no pair packing, so it stays opt-in.
+        "data.separators": "document",
         "data.nsp": False,  # paper 4.2 and Table 2: no NSP loss
         "data.segment_embeddings": False,  # fairseq's RoBERTa has no segment embeddings (HF type_vocab_size=1)
         "data.masking": "dynamic",  # paper 4.1; fairseq MaskTokensDataset seeds each mask with (seed, epoch, index)

@@ -3,8 +3,9 @@ and a table comparing them. The quickstart is one such study (experiments/quicks
 
 Study file:
     base: quickstart.yaml            # a run config, relative to the study file
-    arms:                            # name -> dotted overrides of the base
-      roberta-recipe: {data.packing: full_sentences}
+    arms:                            # name -> dotted overrides of the base; `recipe` names a whole recipe
+      roberta-recipe: {recipe: roberta}
+      doc-sentences: {recipe: roberta, data.packing: doc_sentences}
     finetune:                        # optional
       task: sst2
       set: {train_subsample: 2000, epochs: 1}

@@ -78,7 +78,7 @@ BAD = [
     (["bogus=1"], ["unknown config field 'bogus'"]),
     (["optim.batch_size=abc"], ["optim.batch_size", "'abc'", "integer"]),
     (["data.nsp=maybe"], ["data.nsp", "boolean"]),
-    (["data.dupe_factor=0"], ["data.dupe_factor", "greater than or equal to 1"]),
+    (["data.dupe_factor=0"], ["data.dupe_factor", "an integer >= 1 or 'auto'"]),
     (["data.nsp=true"], ["data.nsp", "full_sentences", "segment_pair or sentence_pair"]),
     (["data.nsp=true", "data.packing=segment_pair"], ["model.family", "roberta", "NSP head"]),
     (["data.max_seq_length=4", "data.packing=segment_pair"], ["data.max_seq_length = 4", ">= 6"]),

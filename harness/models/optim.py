@@ -1,6 +1,8 @@
-"""The paper's optimiser: AdamW without decay on biases and LayerNorm weights, linear warm-up to the peak
-learning rate, then linear decay to zero (or a constant rate). Schedules come from transformers so they match
-what every Hugging Face recipe uses; only the grouping of parameters is ours."""
+"""The paper's optimiser: AdamW with decoupled weight decay, linear warm-up to the peak learning rate, then linear
+decay to zero (or a constant rate). Which parameters decay is the recipe's choice: Google's BERT exempts biases and
+LayerNorm weights (optimization.py exclude_from_weight_decay), fairseq's RoBERTa decays every parameter
+(`optim.decay_norm_and_bias`). Schedules come from transformers so they match what every Hugging Face recipe uses;
+only the grouping of parameters is ours."""
 
 from __future__ import annotations
 
@@ -24,9 +26,10 @@ def _is_exempt_from_decay(module: nn.Module, name: str) -> bool:
     return isinstance(module, nn.LayerNorm) or name == "bias"
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups: decayed weights, and biases plus LayerNorm parameters without decay.
-    Tied parameters (the MLM decoder shares the word embeddings and the head bias) are listed once."""
+def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool = False) -> list[dict[str, Any]]:
+    """Two AdamW groups: decayed weights, and biases plus LayerNorm parameters - without decay (Google's BERT),
+    or with the same decay as the weights when `decay_norm_and_bias` (fairseq). Tied parameters (the MLM decoder
+    shares the word embeddings and the head bias) are listed once."""
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     seen: set[int] = set()
@@ -36,13 +39,14 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
                 continue
             seen.add(id(param))
             (no_decay if _is_exempt_from_decay(module, name) else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # Two groups either way, so the groups' order and sizes mean the same thing under both recipes.
+    norm_and_bias_decay = weight_decay if decay_norm_and_bias else 0.0
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": norm_and_bias_decay}]
 
 
 def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(
-        parameter_groups(model, optim.weight_decay), lr=optim.peak_lr, betas=tuple(optim.betas), eps=optim.eps
-    )
+    groups = parameter_groups(model, optim.weight_decay, optim.decay_norm_and_bias)
+    return torch.optim.AdamW(groups, lr=optim.peak_lr, betas=tuple(optim.betas), eps=optim.eps)
 
 
 def build_lr_schedule(optimizer: torch.optim.Optimizer, optim: OptimConfig, total_steps: int) -> LambdaLR:

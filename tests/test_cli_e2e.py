@@ -1,0 +1,140 @@
+"""The command line end to end, as a user runs it: `harness pretrain`, `harness finetune` and `harness quickstart` in
+subprocesses on the real data with tiny settings, asserting on what they print and write. Marked `slow`: each recipe
+composed with the tiny size preset pre-trains for 30 updates and its loss falls."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.config import RECIPES, apply_overrides, load_config
+from harness.runs import FINAL_METRICS_FILE, read_curves
+
+TINY = ["--set", "corpus.path=corpora/wikitext-2-raw/wiki.valid.raw", "--set", "corpus.max_documents=12",
+        "--set", "corpus.validation_fraction=0.25",  # three held-out documents: NSP draws B from another one
+        "--set", "tokenizer.vocab_size=1000", "--set", "data.max_seq_length=64", "--set", "optim.batch_size=8",
+        "--set", "budget.max_steps=4", "--set", "budget.val_every_steps=4", "--set", "budget.val_max_examples=32",
+        "--set", "logging.wandb=false", "--set", "impl.progress_bar=false", "--set", "impl.threads=1"]
+TINY_FINETUNE = ["train_subsample=32", "epochs=1", "learning_rates=[1e-3]", "seeds=[0]", "max_seq_length=32",
+                 "batch_size=16", "impl.threads=1"]
+
+
+def harness(*args: str | Path, cache: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`python -m harness.cli ARGS` with its caches in `cache` and wandb offline, as a user would run it."""
+    env = {**os.environ, "HARNESS_CACHE_DIR": str(cache), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def succeeded(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """One cache and results root for the module: later commands reuse the corpus and tokenizer built first."""
+    return tmp_path_factory.mktemp("cli-e2e")
+
+
+@pytest.fixture(scope="module")
+def pretrained(workspace, shared_data) -> tuple[Path, dict]:
+    """`harness pretrain --preset tiny --recipe roberta` with tiny overrides: (run directory, printed metrics)."""
+    result = succeeded(harness("pretrain", "--preset", "tiny", "--recipe", "roberta", *TINY, "--data-dir",
+                               shared_data, "--results", workspace / "results", cache=workspace / "cache"))
+    runs = list((workspace / "results").glob("*/runs/*"))
+    assert len(runs) == 1
+    return runs[0], json.loads(result.stdout)
+
+
+def test_pretrain_from_the_command_line(pretrained):
+    run, printed = pretrained
+    final = json.loads((run / FINAL_METRICS_FILE).read_text())
+    assert printed == final and final["steps"] == 4
+    assert 0 < final["val_mlm_loss"] < 10 and final["tokens_seen"] > 0
+    saved = load_config(run / "config.yaml")
+    assert saved.recipe == "roberta" and saved.optim.decay_norm_and_bias and saved.model.size == "tiny"
+    assert saved.data.max_seq_length == 64 and final["run_id"] == saved.run_id() and run.name.endswith(saved.run_id())
+    assert (run / "model" / "config.json").is_file() and (run / "model" / "tokenizer_config.json").is_file()
+
+
+def test_pretrain_again_returns_the_finished_run(pretrained, workspace, shared_data):
+    run, printed = pretrained
+    stamp = (run / FINAL_METRICS_FILE).stat().st_mtime_ns
+    result = succeeded(harness("pretrain", "--preset", "tiny", "--set", "recipe=roberta", *TINY, "--data-dir",
+                               shared_data, "--results", workspace / "results", cache=workspace / "cache"))
+    assert json.loads(result.stdout) == printed  # --set recipe= names the same run as --recipe
+    assert (run / FINAL_METRICS_FILE).stat().st_mtime_ns == stamp
+
+
+def test_finetune_the_pretrained_model_from_the_command_line(pretrained, workspace, shared_data):
+    run, _ = pretrained
+    overrides = [arg for item in TINY_FINETUNE for arg in ("--set", item)]
+    result = succeeded(harness("finetune", "--checkpoint", run / "model", "--task", "sst2", *overrides,
+                               "--data-dir", shared_data, "--results", workspace / "results",
+                               cache=workspace / "cache"))
+    printed = json.loads(result.stdout)
+    assert printed["task"] == "sst2" and printed["best_learning_rate"] == 1e-3
+    assert 0.0 <= printed["best"]["median"] <= 100.0 and printed["best"]["n"] == 1  # accuracy in percent
+    summary = json.loads((Path(printed["study_dir"]) / "summary.json").read_text())
+    assert summary["best"] == printed["best"] and summary["train_subsample"] == 32
+    assert (Path(printed["study_dir"]) / "lr0.001__seed0" / FINAL_METRICS_FILE).is_file()
+
+
+def test_quickstart_runs_a_study_file(workspace, shared_data, pretrained):
+    folder = workspace / "study"
+    folder.mkdir()
+    # Only what differs from the defaults: a base that spelled out every field would override the arm's recipe.
+    base = {"experiment": "e2e-study", "model": {"size": "tiny"}}
+    apply_overrides(base, [item for item in TINY if item != "--set"])
+    (folder / "base.yaml").write_text(yaml.safe_dump(base))
+    study = {"base": "base.yaml", "arms": {"bert-arm": {"recipe": "bert"}},
+             "finetune": {"task": "sst2", "set": {key: yaml.safe_load(value) for key, value in
+                                                  (item.split("=", 1) for item in TINY_FINETUNE)}}}
+    (folder / "tiny.study.yaml").write_text(yaml.safe_dump(study))
+    result = succeeded(harness("quickstart", "--study", folder / "tiny.study.yaml", "--data-dir", shared_data,
+                               "--results", workspace / "results", cache=workspace / "cache"))
+    header, row = result.stdout.strip().splitlines()[-2:]
+    assert header.split()[:3] == ["arm", "run_id", "steps"] and "sst2_accuracy_median" in header
+    assert row.split()[0] == "bert-arm" and row.split()[2] == "4"
+    run = next((workspace / "results" / "e2e-study" / "runs").glob("bert-arm__*"))
+    assert load_config(run / "config.yaml").recipe == "bert"
+    assert (run / FINAL_METRICS_FILE).is_file()
+
+
+@pytest.mark.parametrize("args,field", [(["--set", "data.packing=nope"], "data.packing"),
+                                        (["--recipe", "nope"], "recipe")])
+def test_bad_value_stops_pretrain_with_one_line(args, field, tmp_path):
+    result = harness("pretrain", "--preset", "tiny", *args, "--results", tmp_path, cache=tmp_path / "cache")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and field in result.stderr and "nope" in result.stderr
+    assert not any(tmp_path.glob("*/runs"))  # refused before any work
+
+
+# ---- slow: every recipe actually learns ------------------------------------------------------------------
+
+REUTERS = ["--set", "corpus.layout=jsonl", "--set", "corpus.path=corpora/reuters.jsonl",
+           "--set", "corpus.max_documents=1500", "--set", "budget.max_steps=30", "--set", "budget.val_every_steps=30",
+           "--set", "budget.val_max_examples=64", "--set", "logging.wandb=false", "--set", "logging.log_every_steps=1",
+           "--set", "impl.progress_bar=false", "--set", "impl.threads=1"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_each_recipe_with_the_tiny_preset_learns_on_reuters(recipe, workspace, shared_data):
+    results = workspace / f"slow-{recipe}"
+    printed = json.loads(succeeded(harness("pretrain", "--preset", "tiny", "--recipe", recipe, *REUTERS,
+                                           "--data-dir", shared_data, "--results", results,
+                                           cache=workspace / "cache", timeout=1200)).stdout)
+    run = next(results.glob("*/runs/*"))
+    assert printed["steps"] == 30 and load_config(run / "config.yaml").recipe == recipe
+    loss = read_curves(run)["train/mlm_loss"].dropna()
+    assert len(loss) == 30
+    assert loss.iloc[-5:].mean() < loss.iloc[:5].mean() - 0.5, loss.tolist()
