@@ -95,7 +95,8 @@ def pretrain(config: RunConfig, data_dir: str | Path | None = None, results_root
         trainer.fit(module, datamodule=data, ckpt_path=str(run.last_checkpoint) if run.last_checkpoint else None)
         seconds = time.perf_counter() - started
         train_metrics = _last_train_metrics(trainer)  # validate() below replaces the callback metrics
-        validation = trainer.validate(module, datamodule=data, verbose=False)[0]
+        # One dict per validation set (own format, common held-out); the names do not overlap.
+        validation = {k: v for out in trainer.validate(module, datamodule=data, verbose=False) for k, v in out.items()}
     finally:
         _finish_wandb(trainer)
     if trainer.global_rank != 0:
@@ -110,6 +111,7 @@ def pretrain(config: RunConfig, data_dir: str | Path | None = None, results_root
         **plan.final_figures(sequences),
         "fit_seconds_this_launch": round(seconds, 2),
         **{key.replace("/", "_"): float(value) for key, value in validation.items()},
+        **data.common_val_record(),
         **train_metrics,
         "model_dir": EXPORT_DIR,
     }

@@ -171,7 +171,7 @@ def test_build_corpus_then_cache_hits_and_which_settings_rebuild(shared_data, tm
     stats = cold.stats()
     assert stats["validation"]["documents"] == 2 and stats["train"]["documents"] == 38
     assert stats["vocab_size"] == 1000 and stats["loaded_from_cache"] is False
-    assert set(cold.train.column_names) == {"doc_id", "sentences"}
+    assert set(cold.train.column_names) == {"doc_id", "sentences", "paragraph_ends", "chars"}
     assert not set(cold.train["doc_id"]) & set(cold.validation["doc_id"])
     # sentences are token ids without special tokens and decode back to the segmented text
     specials = set(cold.tokenizer.all_special_ids)

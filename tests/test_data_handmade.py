@@ -143,7 +143,7 @@ def test_validation_fraction_zero_trains_on_every_document_without_validation_ba
     """validation_fraction = 0 is allowed (and suggested by the corpus error for tiny corpora): all eight documents
     train, the validation set is empty, and NSP only needs two documents in the training split."""
     data = make("corpus.validation_fraction=0", "data.max_seq_length=48", *overrides)
-    assert len(data.val_examples) == 0 and list(data.val_dataloader()) == []
+    assert len(data.val_examples) == 0 and [list(loader) for loader in data.val_dataloader()] == [[], []]
     texts = decoded(data, data.train_examples.packed, len(data.train_examples.packed))
     assert "".join(texts).count("held out") == 2
     assert next(iter(data.train_dataloader()))["input_ids"].shape[0] == 2
@@ -184,7 +184,7 @@ def test_batch_keys_follow_the_toggles(make, packing, nsp, types):
     data = make(f"data.packing={packing}", f"data.nsp={str(nsp).lower()}",
                 f"data.segment_embeddings={str(types).lower()}", "data.max_seq_length=24", *WORDPIECE)
     expected = ALWAYS | ({"token_type_ids"} if types else set()) | ({"next_sentence_label"} if nsp else set())
-    for loader, extra in ((data.train_dataloader(), UPDATE_TOTALS), (data.val_dataloader(), set())):
+    for loader, extra in ((data.train_dataloader(), UPDATE_TOTALS), (data.own_val_dataloader(), set())):
         batch = next(iter(loader))
         assert set(batch) == expected | extra
         assert all(value.dtype == torch.int64 for value in batch.values())

@@ -368,7 +368,7 @@ SEGMENT_CASES = {
 def test_token_type_ids_follow_the_segments_and_keys_follow_the_toggles(wiki, case):
     overrides, pair, nsp = SEGMENT_CASES[case]
     with_types = wiki("data.max_seq_length=64", "data.segment_embeddings=true", *overrides)
-    for loader in (with_types.train_dataloader(), with_types.val_dataloader()):
+    for loader in (with_types.train_dataloader(), with_types.own_val_dataloader()):
         for _, batch in zip(range(5), loader):
             assert ("next_sentence_label" in batch) == nsp
             ids, types = batch["input_ids"].numpy(), batch["token_type_ids"].numpy()
@@ -381,7 +381,7 @@ def test_token_type_ids_follow_the_segments_and_keys_follow_the_toggles(wiki, ca
             if pair:
                 assert types.any()
     without = wiki("data.max_seq_length=64", *overrides)
-    for loader in (without.train_dataloader(), without.val_dataloader()):
+    for loader in (without.train_dataloader(), without.own_val_dataloader()):
         batch = next(iter(loader))
         assert "token_type_ids" not in batch
         assert ("next_sentence_label" in batch) == nsp
@@ -400,8 +400,8 @@ def test_validation_batches_do_not_depend_on_the_training_recipe(wiki):
     plain = wiki("data.max_seq_length=128", "optim.batch_size=8")
     other = wiki("data.max_seq_length=128", "optim.batch_size=16", "data.masking=static", "data.mask_prob=0.3",
                  "data.mask_count=google", "data.whole_word_masking=true", "data.max_predictions_per_seq=5", "seed=7")
-    first = per_example(plain.val_dataloader())
-    assert per_example(other.val_dataloader()) == first
+    first = per_example(plain.own_val_dataloader())
+    assert per_example(other.own_val_dataloader()) == first
     assert len(first) == len(plain.val_examples) >= 150
     assert {key for key, _ in first} == {0}
     chosen = candidates = as_mask = 0

@@ -10,8 +10,10 @@ import pytest
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
-from harness.config import special_token_count
+from harness.config import ConfigError, load_config, special_token_count
+from harness.data.examples import PackingPlan
 from harness.data.packing import (
+    CorpusDocuments,
     _truncate_pair,
     batch_by_tokens,
     build_copies,
@@ -31,8 +33,8 @@ DOC2 = [list(range(30, 42))]  # one 12-token sentence: longer than the inputs be
 DOCS = [DOC0, DOC1, DOC2]
 
 
-def pack(documents, packing, max_len, specials=BERT, nsp=False, short=0.0, seed=0):
-    return pack_documents(documents, packing, max_len, specials, nsp, short, packing_rng(seed))
+def pack(documents, packing, max_len, specials=BERT, nsp=False, short=0.0, seed=0, separators="document"):
+    return pack_documents(documents, packing, max_len, specials, nsp, short, packing_rng(seed), separators)
 
 
 def random_corpus(num_docs: int, seed: int, max_sentences: int = 12) -> list[list[list[int]]]:
@@ -183,6 +185,94 @@ def test_sentence_packings_are_greedy_and_lossless(packing):
             # greedy: the next sentence (plus a separator if it starts a new document) did not fit
             separator = int(following.documents[0] != e.documents[-1])
             assert len(e.input_ids) - 2 + separator + sentence_length[following.input_ids[1]] > 30
+
+
+# ---- fairseq separators (full_sentences / doc_sentences) --------------------------------------------------
+# DOC0 has two paragraphs (sentences 0-1, then 2), DOC1 two one-sentence paragraphs, DOC2 one long sentence.
+PARAGRAPHED = CorpusDocuments(DOCS, [[False, True, True], [True, True], [True]])
+
+
+def test_full_sentences_fairseq_separators_exact():
+    got = pack(PARAGRAPHED, "full_sentences", 10, separators="fairseq")  # 8 content tokens per input
+    assert [e.input_ids for e in got] == [
+        [1, 10, 11, 12, 13, 14, 2],  # DOC0's first paragraph: its </s> is the input's closing one
+        [1, 15, 16, 17, 18, 2, 2, 20, 21, 2],  # paragraph end + document end, then DOC1's first paragraph
+        [1, 22, 23, 24, 2, 2],  # DOC1 ends: </s> of the paragraph, </s> of the document
+        [1, 30, 31, 32, 33, 34, 35, 36, 37, 2],  # a sentence longer than an input is still split into pieces
+        [1, 38, 39, 40, 41, 2, 2],
+    ]
+    assert [e.documents for e in got] == [(0,), (0, 1), (1,), (2,), (2,)]
+    assert [e.boundaries for e in got] == [0, 1, 0, 0, 0]
+
+
+def test_doc_sentences_fairseq_separators_exact():
+    # complete_doc skips fairseq's empty line between documents: paragraph ends only
+    got = pack(PARAGRAPHED, "doc_sentences", 10, separators="fairseq")
+    assert [e.input_ids for e in got] == [
+        [1, 10, 11, 12, 13, 14, 2],
+        [1, 15, 16, 17, 18, 2],
+        [1, 20, 21, 2, 22, 23, 24, 2],  # the paragraph end inside; the second doubles as the closing </s>
+        [1, 30, 31, 32, 33, 34, 35, 36, 37, 2],
+        [1, 38, 39, 40, 41, 2],
+    ]
+    assert [e.documents for e in got] == [(0,), (0,), (1,), (2,), (2,)]
+
+
+def test_fairseq_separators_roberta_and_empty_sentences():
+    # an empty last sentence hands its paragraph end back to the sentence before it; an empty document vanishes
+    docs = CorpusDocuments([[[10, 11], []], [], [[20], [21, 22]]], [[False, True], [], [False, False]])
+    got = pack(docs, "full_sentences", 12, specials=ROBERTA, separators="fairseq")
+    assert [e.input_ids for e in got] == [[0, 10, 11, 2, 2, 20, 21, 22, 2, 2]]
+    assert got[0].documents == (0, 2)
+
+
+@pytest.mark.parametrize("packing", ["full_sentences", "doc_sentences"])
+def test_fairseq_separators_lossless_and_within_length(packing):
+    docs = random_corpus(40, seed=13)  # sentences of at most 25 tokens: none needs splitting at 32
+    rng = random.Random(0)
+    ends = [[rng.random() < 0.3 or k == len(doc) - 1 for k in range(len(doc))] for doc in docs]
+    got = pack(CorpusDocuments(docs, ends), packing, 32, separators="fairseq")
+    assert all(len(e.input_ids) <= 32 and e.input_ids[0] == BERT.cls_id == 1 for e in got)
+    content = [t for e in got for t in e.input_ids[1:] if t != BERT.sep_id]
+    assert content == [t for doc in docs for s in doc for t in s]
+    ids = [t for e in got for t in e.input_ids]
+    pairs = sum(a == b == BERT.sep_id for a, b in zip(ids, ids[1:]))  # a document end: </s></s>
+    assert pairs == (len(docs) if packing == "full_sentences" else 0)
+    separators = ids.count(BERT.sep_id)  # every paragraph end, plus a closing one where an input ends mid-paragraph
+    paragraph_ends = sum(map(sum, ends)) + (len(docs) if packing == "full_sentences" else 0)
+    assert paragraph_ends <= separators <= paragraph_ends + len(got)
+
+
+def test_fairseq_separators_of_one_paragraph_documents_match_doc_sentences():
+    docs = random_corpus(30, seed=14)
+    ends = [[k == len(doc) - 1 for k in range(len(doc))] for doc in docs]
+    assert pack(CorpusDocuments(docs, ends), "doc_sentences", 40, separators="fairseq") == pack(
+        docs, "doc_sentences", 40)
+
+
+def test_separators_are_rejected_where_they_cannot_apply():
+    with pytest.raises(ValueError, match="needs the paragraph ends"):
+        pack(DOCS, "full_sentences", 10, separators="fairseq")
+    with pytest.raises(ValueError, match="separators 'fairseq' with packing 'segment_pair'"):
+        pack(PARAGRAPHED, "segment_pair", 32, separators="fairseq")
+    with pytest.raises(ValueError, match="separators 'lines'"):
+        pack(PARAGRAPHED, "full_sentences", 32, separators="lines")
+
+
+def test_config_allows_fairseq_separators_for_sentence_packings_only():
+    with pytest.raises(ConfigError, match="data.separators = 'fairseq' with data.packing = 'sentence_pair'"):
+        load_config(overrides=["data.packing=sentence_pair", "data.separators=fairseq"])
+    assert load_config(overrides=["data.packing=doc_sentences", "data.separators=fairseq"]).data.separators == "fairseq"
+    assert load_config().data.separators == "document"
+
+
+def test_separators_are_part_of_the_packing_plan():
+    plans = [PackingPlan.create(packing="full_sentences", max_seq_length=32, nsp=False, short_seq_prob=0.0, seed=0,
+                                static_copies=1, separators=separators) for separators in ("document", "fairseq")]
+    assert plans[0].key("corpus") != plans[1].key("corpus")
+    copies = build_copies(PARAGRAPHED, "full_sentences", 10, BERT, False, 0.0, seed=0, dupe_factor=2,
+                          separators="fairseq")
+    assert copies[0] == copies[1] == pack(PARAGRAPHED, "full_sentences", 10, separators="fairseq")
 
 
 # ---- segment_pair -----------------------------------------------------------------------------------------

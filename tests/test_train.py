@@ -117,7 +117,7 @@ def test_export_loads_with_auto_classes_and_gives_the_same_loss(shared_data, tmp
     assert len(tokenizer) == data.specials.vocab_size
     losses, counts = [], []
     with torch.no_grad():
-        for batch in data.val_dataloader():
+        for batch in data.own_val_dataloader():
             out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
             n = int((batch["labels"] != -100).sum())
             losses.append(float(out.loss) * n)

@@ -1,7 +1,8 @@
 """Documents -> sentences -> token ids, cached by a hash of what shapes each stage.
 
     documents (documents.py)  --segment (pysbd, slow)-->  cache_root()/segments/<hash>
-        --tokenize (fast)-->  cache_root()/corpora/<hash>  = {train, validation}: (doc_id, sentences as token ids)
+        --tokenize (fast)-->  cache_root()/corpora/<hash>  = {train, validation}:
+                              (doc_id, sentences as token ids, paragraph_ends, chars)
 
 Segmentation is cached apart from tokenization because pysbd is the slow step (about 120 Reuters articles per
 second per core): a new vocabulary size re-tokenizes the cached sentences but never re-segments. Each cache entry
@@ -34,7 +35,8 @@ from harness.data.documents import (
     split_wikitext_articles,
     validation_mask,
 )
-from harness.data.segment import segment_text, split_paragraphs
+from harness.data.packing import CorpusDocuments
+from harness.data.segment import segment_text, split_paragraphs, visible_chars
 from harness.data.tokenizer import build_tokenizer, obtain_tokenizer, tokenizer_digest
 from harness.paths import atomic_dir, cache_root
 
@@ -49,7 +51,7 @@ __all__ = ["CORPUS_CACHE_VERSION", "CorpusError", "TokenizedCorpus", "build_corp
 log = logging.getLogger(__name__)
 
 # Bump when the layout or content of a cached corpus changes: it is part of every corpus and segments key.
-CORPUS_CACHE_VERSION = 2
+CORPUS_CACHE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,10 @@ class CacheHits:
 
 @dataclass(frozen=True)
 class TokenizedCorpus:
-    """The tokenized corpus of a run: `train` and `validation` are datasets with columns doc_id and sentences (each
-    a list of token-id lists, special tokens not included), memory-mapped from `cache_dir`."""
+    """The tokenized corpus of a run: `train` and `validation` are datasets with columns doc_id, sentences (each
+    a list of token-id lists, special tokens not included), paragraph_ends (one flag per sentence: does it end a
+    paragraph?) and chars (the document's non-whitespace characters, counted on its text before tokenization, so
+    equal for every tokenizer), memory-mapped from `cache_dir`."""
 
     train: Dataset
     validation: Dataset
@@ -76,6 +80,11 @@ class TokenizedCorpus:
     @property
     def from_cache(self) -> bool:
         return self.cache_hits.tokens
+
+    def documents(self, split: str) -> CorpusDocuments:
+        """The documents of `split` ("train" or "validation") as packing takes them."""
+        data = {"train": self.train, "validation": self.validation}[split]
+        return CorpusDocuments(data["sentences"], data["paragraph_ends"])
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -97,32 +106,44 @@ def split_stats(dataset: Dataset) -> dict[str, Any]:
 
     documents = len(dataset)
     if documents == 0:
-        return {"documents": 0, "sentences": 0, "tokens": 0, "mean_sentence_tokens": 0.0, "mean_doc_sentences": 0.0}
+        return {"documents": 0, "sentences": 0, "tokens": 0, "chars": 0, "mean_sentence_tokens": 0.0,
+                "mean_doc_sentences": 0.0}
     column = dataset.data.column("sentences")
     sentences = pc.sum(pc.list_value_length(column)).as_py() or 0
     tokens = pc.sum(pc.list_value_length(pc.list_flatten(column))).as_py() or 0
-    return {"documents": documents, "sentences": sentences, "tokens": tokens,
+    chars = pc.sum(dataset.data.column("chars")).as_py() or 0
+    return {"documents": documents, "sentences": sentences, "tokens": tokens, "chars": chars,
             "mean_sentence_tokens": round(tokens / max(sentences, 1), 2),
             "mean_doc_sentences": round(sentences / documents, 2)}
 
 
 def tokenize_batch(batch: dict[str, list[Any]], tokenizer: Any) -> dict[str, list[Any]]:
-    """datasets.map(batched=True) function: sentences as text -> sentences as token ids (no special tokens).
+    """datasets.map(batched=True) function: sentences as text -> sentences as token ids (no special tokens), their
+    paragraph_ends, and the document's non-whitespace characters (`chars`, counted on all its text).
 
     Every sentence but a document's first is encoded with its leading space, as it stands in running text, so
     that a byte-level BPE gives it the same tokens as in the unsplit document ("ĠIt", not "It") and the ids of
-    consecutive sentences concatenate to the ids of the text. Empty encodings are dropped; a document may end up
-    with no sentence (it is then dropped when splitting)."""
+    consecutive sentences concatenate to the ids of the text. Empty encodings are dropped (a paragraph's end moves
+    to its last kept sentence); a document may end up with no sentence (it is then dropped when splitting)."""
     # `tokenizer` is a private copy from text_encoder; the flag does not survive pickling into map workers.
     tokenizer.encode_special_tokens = True
     texts = [s if i == 0 else " " + s for sentences in batch["sentences"] for i, s in enumerate(sentences)]
     encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
     ids = [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
-    out, start = [], 0
-    for sentences in batch["sentences"]:
-        out.append([s for s in ids[start:start + len(sentences)] if s])
+    out, out_ends, chars, start = [], [], [], 0
+    for sentences, ends in zip(batch["sentences"], batch["paragraph_ends"], strict=True):
+        kept, kept_ends = [], []
+        for sentence, end in zip(ids[start:start + len(sentences)], ends, strict=True):
+            if sentence:
+                kept.append(sentence)
+                kept_ends.append(end)
+            elif end and kept_ends:
+                kept_ends[-1] = True
+        out.append(kept)
+        out_ends.append(kept_ends)
+        chars.append(sum(visible_chars(s) for s in sentences))
         start += len(sentences)
-    return {"doc_id": batch["doc_id"], "sentences": out}
+    return {"doc_id": batch["doc_id"], "sentences": out, "paragraph_ends": out_ends, "chars": chars}
 
 
 def text_encoder(tokenizer: PreTrainedTokenizerBase) -> Any:
@@ -150,7 +171,8 @@ def _features(token_ids: bool) -> Any:
     from datasets import Features, List, Value
 
     sentence = List(Value("int32")) if token_ids else Value("string")
-    return Features({"doc_id": Value("string"), "sentences": List(sentence)})
+    columns = {"doc_id": Value("string"), "sentences": List(sentence), "paragraph_ends": List(Value("bool"))}
+    return Features({**columns, "chars": Value("int64")} if token_ids else columns)
 
 
 def _num_proc(config: RunConfig) -> int | None:

@@ -106,15 +106,16 @@ class PackingPlan:
     short_seq_prob: float
     seed: int
     copies: int
+    separators: str = "document"
 
     @classmethod
     def create(cls, *, packing: str, max_seq_length: int, nsp: bool, short_seq_prob: float, seed: int,
-               static_copies: int) -> PackingPlan:
+               static_copies: int, separators: str = "document") -> PackingPlan:
         randomised = draws_randomly(packing)
         # Deterministic packings give identical copies: store one and let the masks tell the copies apart.
         return cls(packing=packing, max_seq_length=max_seq_length, nsp=nsp,
                    short_seq_prob=short_seq_prob if packing == "segment_pair" else 0.0,
-                   seed=seed if randomised else 0, copies=static_copies if randomised else 1)
+                   seed=seed if randomised else 0, copies=static_copies if randomised else 1, separators=separators)
 
     def key(self, corpus_key: str) -> str:
         settings = {"version": EXAMPLES_CACHE_VERSION, "corpus": corpus_key, **vars(self)}
@@ -127,7 +128,7 @@ def build_packed(documents: list[list[list[int]]], plan: PackingPlan, specials: 
     if not folder.exists():
         # Copies are converted to arrays one at a time: dupe_factor copies as Python objects would not fit.
         copies = iter_copies(documents, plan.packing, plan.max_seq_length, specials, plan.nsp, plan.short_seq_prob,
-                             plan.seed, plan.copies)
+                             plan.seed, plan.copies, plan.separators)
         packed = concatenate([examples_to_arrays(examples, k) for k, examples in enumerate(copies)])
         with atomic_dir(folder) as tmp:
             _save(packed, tmp, {"corpus": corpus_key, **vars(plan)})

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from harness.config import ConfigError, RunConfig
 from harness.data.examples import PackedExamples, PackingPlan, build_packed
+from harness.data.heldout import CharCountingCollator, CommonValidation, build_common_validation
 from harness.data.loader import (
     EpochBatchSampler,
     Key,
@@ -28,6 +29,7 @@ from harness.data.loader import (
     epoch_order,
 )
 from harness.data.masking import (
+    IGNORE_INDEX,
     fixed_validation_mask,
     mask_key,
     mask_rng,
@@ -199,7 +201,8 @@ class PretrainDataModule(pl.LightningDataModule):
     def _plan(self, seed: int, copies: int) -> PackingPlan:
         d = self.config.data
         return PackingPlan.create(packing=d.packing, max_seq_length=d.max_seq_length, nsp=self.nsp,
-                                  short_seq_prob=d.short_seq_prob, seed=seed, static_copies=copies)
+                                  short_seq_prob=d.short_seq_prob, seed=seed, static_copies=copies,
+                                  separators=d.separators)
 
     def _pack(self, split: str, documents: Any, plan: PackingPlan) -> PackedExamples:
         # The split is part of the key: equal plans over different documents must never share a cache entry.
@@ -214,7 +217,8 @@ class PretrainDataModule(pl.LightningDataModule):
         self.tokenizer, self.tokenizer_dir = corpus.tokenizer, corpus.tokenizer_dir
         self.specials = SpecialTokens.from_tokenizer(corpus.tokenizer)
         self._corpus_key = corpus.cache_dir.name
-        return self._build_train(corpus.train["sentences"]), self._build_validation(corpus.validation["sentences"])
+        self.common_validation = self._build_common_validation(corpus)
+        return self._build_train(corpus.documents("train")), self._build_validation(corpus.documents("validation"))
 
     def _build_train(self, documents: Any) -> PackedExamples:
         """One packing first (copy 0 of any static packing): its size tells `dupe_factor: auto` how many copies the
@@ -245,6 +249,13 @@ class PretrainDataModule(pl.LightningDataModule):
         _check_nsp_documents(plan.nsp, len(documents), "validation")
         return self._pack("validation", documents, plan)
 
+    def _build_common_validation(self, corpus: Any) -> CommonValidation:
+        """The held-out set every arm is scored on alike (harness.data.heldout), from the same validation split."""
+        return build_common_validation(corpus, self.specials, max_seq_length=self.config.data.max_seq_length,
+                                       max_chars=self.config.budget.common_val_max_chars,
+                                       root=cache_root(self.config.impl.cache_dir) / "examples",
+                                       corpus_key=self._corpus_key)
+
     def prepare_data(self) -> None:
         if self.train_examples is None:  # pretrain() sets up before the Trainer asks again
             self.build()
@@ -257,6 +268,7 @@ class PretrainDataModule(pl.LightningDataModule):
         self.train_examples = TrainExamples(train, d.masking, self.static_copies)
         cap = self.config.budget.val_max_examples
         self.val_examples = ValidationExamples(validation.select(cap) if cap else validation)
+        self.common_val_examples = ValidationExamples(self.common_validation.packed)
         self.word_starts = word_start_table(self.tokenizer) if d.whole_word_masking else None
 
     # ---- loading --------------------------------------------------------------------------------------
@@ -284,10 +296,42 @@ class PretrainDataModule(pl.LightningDataModule):
     def _loader_options(self) -> dict[str, Any]:
         return {"num_workers": self.config.impl.num_workers, "pin_memory": torch.cuda.is_available()}
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> list[DataLoader]:
+        """Two sets, in this order: the run's own-format validation, then the common held-out set."""
+        return [self.own_val_dataloader(), self.common_val_dataloader()]
+
+    def own_val_dataloader(self) -> DataLoader:
+        """The held-out documents packed as this arm trains (its NSP pairs and token types included)."""
         assert self.val_examples is not None, "call setup() first"
+        return self._validation_loader(self.val_examples, self._collator(self.val_examples.packed, None))
+
+    def common_val_dataloader(self) -> DataLoader:
+        """The common held-out set: one segment, no NSP, no token types; batches carry `label_chars`."""
+        assert self.val_examples is not None, "call setup() first"
+        return self._validation_loader(self.common_val_examples, self._common_collator())
+
+    def _common_collator(self) -> CharCountingCollator:
+        collate = MaskingCollator(self.common_val_examples.packed, self.specials, seed=0, masks=None,
+                                  word_starts=None, token_types=False, nsp=False)
+        return CharCountingCollator(collate, self.common_validation.char_table)
+
+    def _validation_loader(self, examples: ValidationExamples, collate: Any) -> DataLoader:
         rank, world = self._rank()
-        sampler = EpochBatchSampler(self.val_examples.packed.lengths(), seed=0, shuffle=False,
+        sampler = EpochBatchSampler(examples.packed.lengths(), seed=0, shuffle=False,
                                     batch_size=self.micro_batch_size, rank=rank, world_size=world)
-        return DataLoader(self.val_examples, batch_sampler=sampler,
-                          collate_fn=self._collator(self.val_examples.packed, None), **self._loader_options())
+        return DataLoader(examples, batch_sampler=sampler, collate_fn=collate, **self._loader_options())
+
+    def common_val_record(self) -> dict[str, int]:
+        """The fixed figures of the common held-out set, for final_metrics.json: its documents and characters
+        (equal for every arm), and its tokens, masked tokens and their characters (this tokenizer's)."""
+        common, collate = self.common_validation, self._common_collator()
+        packed = common.packed
+        masked = masked_chars = 0
+        for start in range(0, len(packed), 256):  # the masks are fixed: the same ones every evaluation scores
+            batch = collate([self.common_val_examples[(0, r)] for r in range(start, min(start + 256, len(packed)))])
+            masked += int((batch["labels"] != IGNORE_INDEX).sum())
+            masked_chars += int(batch["label_chars"].sum())
+        content = int(packed.lengths().sum()) - self.specials.single_overhead * len(packed)
+        return {"common_val_documents": common.documents, "common_val_chars": common.chars,
+                "common_val_tokens": content, "common_val_masked_tokens": masked,
+                "common_val_masked_chars": masked_chars}

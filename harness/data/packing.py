@@ -10,6 +10,13 @@ is the only place that reads the packing mode:
 - full_sentences: fairseq `sample_break_mode=complete` plus RoBERTa's extra separator between documents.
 - doc_sentences:  fairseq `complete_doc`: never crosses a document boundary.
 
+`separators` (read only here, by the two sentence packings) says which separator tokens sit inside an input:
+- document: one separator between two documents that share an input, nothing else.
+- fairseq:  as `TokenBlockDataset` sees fairseq's preprocessed text (one line per paragraph, `</s>` ending every
+            line, an empty line - a lone `</s>` - between documents): a paragraph's last sentence is followed by
+            `</s>`, a document's by one more (full_sentences; `complete_doc` skips the empty line, so doc_sentences
+            has none). A trailing `</s>` doubles as the input's closing one, as fairseq's block ends on its line's.
+
 Randomised packings draw from a `random.Random` (the generator Google's script uses). Static masking re-draws
 the packing for every duplicate with one running generator, as Google does: see `iter_copies`.
 """
@@ -20,12 +27,32 @@ import bisect
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from harness.data.specials import SpecialTokens
 
 Documents = Sequence[Sequence[Sequence[int]]]
 PACKINGS = ("segment_pair", "sentence_pair", "full_sentences", "doc_sentences")
 PAIR_PACKINGS = ("segment_pair", "sentence_pair")
+SEPARATORS = ("document", "fairseq")
+
+
+@dataclass(frozen=True)
+class CorpusDocuments(Sequence):
+    """Documents (lists of sentences) with their paragraph structure: paragraph_ends[d][s] is true when sentence s
+    of document d ends a paragraph (a document's last sentence always does). Indexes like its `sentences`."""
+
+    sentences: Documents
+    paragraph_ends: Sequence[Sequence[bool]]
+
+    def __len__(self) -> int:
+        return len(self.sentences)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.sentences[index]
+
+    def __iter__(self) -> Iterator[Sequence[Sequence[int]]]:
+        return iter(self.sentences)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,19 +69,25 @@ class Example:
 # ---- dispatch and copies ----------------------------------------------------------------------------------
 
 def pack_documents(documents: Documents, packing: str, max_seq_length: int, specials: SpecialTokens, nsp: bool,
-                   short_seq_prob: float, rng: random.Random) -> list[Example]:
-    """Pack documents into inputs of at most max_seq_length tokens (special tokens included)."""
+                   short_seq_prob: float, rng: random.Random, separators: str = "document") -> list[Example]:
+    """Pack documents into inputs of at most max_seq_length tokens (special tokens included). separators
+    'fairseq' needs CorpusDocuments (the paragraph ends) and a sentence packing."""
     if packing not in PACKINGS:
         raise ValueError(f"packing '{packing}'; allowed: {', '.join(PACKINGS)}")
     if nsp and packing not in PAIR_PACKINGS:
         raise ValueError(f"nsp with packing '{packing}': NSP needs a pair packing ({', '.join(PAIR_PACKINGS)})")
+    if separators not in SEPARATORS:
+        raise ValueError(f"separators '{separators}'; allowed: {', '.join(SEPARATORS)}")
+    if separators != "document" and packing in PAIR_PACKINGS:
+        raise ValueError(f"separators '{separators}' with packing '{packing}': only the sentence packings mark "
+                         "paragraphs (allowed: full_sentences, doc_sentences)")
     if packing == "segment_pair":
         return pack_segment_pairs(documents, max_seq_length, specials, nsp, short_seq_prob, rng)
     if packing == "sentence_pair":
         return pack_sentence_pairs(documents, max_seq_length, specials, nsp, rng)
     if packing == "full_sentences":
-        return pack_full_sentences(documents, max_seq_length, specials)
-    return pack_doc_sentences(documents, max_seq_length, specials)
+        return pack_full_sentences(documents, max_seq_length, specials, separators)
+    return pack_doc_sentences(documents, max_seq_length, specials, separators)
 
 
 def draws_randomly(packing: str) -> bool:
@@ -69,7 +102,8 @@ def packing_rng(seed: int) -> random.Random:
 
 
 def iter_copies(documents: Documents, packing: str, max_seq_length: int, specials: SpecialTokens, nsp: bool,
-                short_seq_prob: float, seed: int, dupe_factor: int) -> Iterator[list[Example]]:
+                short_seq_prob: float, seed: int, dupe_factor: int, separators: str = "document"
+                ) -> Iterator[list[Example]]:
     """Yield dupe_factor packings drawn one after another from ONE running generator, as Google's script does:
     copy k re-draws target lengths, A/B splits and NSP negatives, and depends on the draws of copies < k.
     Lazy, so a caller can write each copy out before the next is built. Deterministic packings
@@ -78,13 +112,15 @@ def iter_copies(documents: Documents, packing: str, max_seq_length: int, special
         raise ValueError(f"dupe_factor = {dupe_factor}; allowed: >= 1")
     rng = packing_rng(seed)
     for _ in range(dupe_factor):
-        yield pack_documents(documents, packing, max_seq_length, specials, nsp, short_seq_prob, rng)
+        yield pack_documents(documents, packing, max_seq_length, specials, nsp, short_seq_prob, rng, separators)
 
 
 def build_copies(documents: Documents, packing: str, max_seq_length: int, specials: SpecialTokens, nsp: bool,
-                 short_seq_prob: float, seed: int, dupe_factor: int) -> list[list[Example]]:
+                 short_seq_prob: float, seed: int, dupe_factor: int, separators: str = "document"
+                 ) -> list[list[Example]]:
     """All copies of `iter_copies` as a list; result[k] is copy k (mask it with epoch := k)."""
-    return list(iter_copies(documents, packing, max_seq_length, specials, nsp, short_seq_prob, seed, dupe_factor))
+    return list(iter_copies(documents, packing, max_seq_length, specials, nsp, short_seq_prob, seed, dupe_factor,
+                            separators))
 
 
 # ---- shared pieces ----------------------------------------------------------------------------------------
@@ -241,39 +277,77 @@ def pack_sentence_pairs(documents: Documents, max_seq_length: int, specials: Spe
 
 # ---- full_sentences / doc_sentences -----------------------------------------------------------------------
 
-def pack_full_sentences(documents: Documents, max_seq_length: int, specials: SpecialTokens) -> list[Example]:
-    """Greedy contiguous full sentences across documents; a separator token sits between two documents that
-    share an input (never at an input's edge, where it would mark nothing)."""
+def pack_full_sentences(documents: Documents, max_seq_length: int, specials: SpecialTokens,
+                        separators: str = "document") -> list[Example]:
+    """Greedy contiguous full sentences across documents. document: a separator token sits between two documents
+    that share an input (never at an input's edge, where it would mark nothing); fairseq: see the module doc."""
+    if separators == "fairseq":
+        return _pack_sentences(_fairseq_lines(documents, specials.sep_id, document_end=True), max_seq_length,
+                               specials, cross_documents=True, fairseq=True)
     return _pack_sentences(_clean(documents), max_seq_length, specials, cross_documents=True)
 
 
-def pack_doc_sentences(documents: Documents, max_seq_length: int, specials: SpecialTokens) -> list[Example]:
+def pack_doc_sentences(documents: Documents, max_seq_length: int, specials: SpecialTokens,
+                       separators: str = "document") -> list[Example]:
     """Greedy contiguous full sentences of one document; inputs at a document's end are shorter."""
+    if separators == "fairseq":
+        return _pack_sentences(_fairseq_lines(documents, specials.sep_id, document_end=False), max_seq_length,
+                               specials, cross_documents=False, fairseq=True)
     return _pack_sentences(_clean(documents), max_seq_length, specials, cross_documents=False)
 
 
-def _pieces(document: list[list[int]], capacity: int) -> Iterator[list[int]]:
+def _fairseq_lines(documents: Documents, sep_id: int, document_end: bool) -> list[list[list[int]]]:
+    """Sentences with fairseq's line ends attached: `</s>` after a paragraph's last sentence, one more after a
+    document's last with document_end. Empty sentences are dropped; a paragraph end they held moves back to the
+    previous kept sentence, so a separator never stands alone."""
+    if not isinstance(documents, CorpusDocuments):
+        raise ValueError("separators 'fairseq' needs the paragraph ends: pass the documents as CorpusDocuments")
+    docs: list[list[list[int]]] = []
+    for document, ends in zip(documents.sentences, documents.paragraph_ends, strict=True):
+        lines: list[list[int]] = []
+        closed = True
+        for sentence, end in zip(document, ends, strict=True):
+            if len(sentence):
+                lines.append(list(_as_ints(sentence)))  # a copy: separators are appended to it
+                closed = False
+            if end and not closed:
+                lines[-1].append(sep_id)
+                closed = True
+        if lines and not closed:  # a document's last sentence always ends its paragraph
+            lines[-1].append(sep_id)
+        if lines and document_end:  # fairseq's empty line after each document: a lone </s>
+            lines[-1].append(sep_id)
+        docs.append(lines)
+    return docs
+
+
+def _pieces(document: list[list[int]], capacity: int, closing_id: int | None) -> Iterator[list[int]]:
     """Sentences, with one longer than an input split into capacity-sized pieces (fairseq would emit an
-    over-long block; dropping it would lose text)."""
+    over-long block; dropping it would lose text). A trailing closing_id may become the input's closing
+    separator, so it does not count against the last piece's capacity."""
     for sentence in document:
-        if len(sentence) <= capacity:
-            yield sentence
-        else:
-            yield from (sentence[k: k + capacity] for k in range(0, len(sentence), capacity))
+        last = capacity + int(closing_id is not None and sentence[-1] == closing_id)
+        start = 0
+        while len(sentence) - start > last:
+            yield sentence[start: start + capacity]
+            start += capacity
+        yield sentence[start:] if start else sentence
 
 
 def _pack_sentences(docs: list[list[list[int]]], max_seq_length: int, specials: SpecialTokens,
-                    cross_documents: bool) -> list[Example]:
+                    cross_documents: bool, fairseq: bool = False) -> list[Example]:
     capacity = max_seq_length - specials.single_overhead
     if capacity < 1:
         raise ValueError(f"max_seq_length = {max_seq_length} leaves no room for content tokens")
+    sep = specials.sep_id
+    closing_id = sep if fairseq else None  # fairseq: a block ending on a line's </s> needs no second one
     examples: list[Example] = []
     block: list[int] = []
     sources: list[int] = []
 
     def flush() -> None:
         if block:
-            ids, types = specials.wrap(block)
+            ids, types = specials.wrap(block[:-1] if fairseq and block[-1] == sep else block)
             examples.append(Example(ids, types, None, tuple(sources), len(sources) - 1))
         block.clear()
         sources.clear()
@@ -281,13 +355,15 @@ def _pack_sentences(docs: list[list[list[int]]], max_seq_length: int, specials: 
     for doc_index, document in enumerate(docs):
         if not cross_documents:
             flush()
-        for piece in _pieces(document, capacity):
-            separator = 1 if block and sources[-1] != doc_index else 0
-            if block and len(block) + separator + len(piece) > capacity:
+        for piece in _pieces(document, capacity, closing_id):
+            # fairseq marks document ends inside the lines already; otherwise one separator between documents
+            separator = int(not fairseq and bool(block) and sources[-1] != doc_index)
+            closes = int(piece[-1] == closing_id)
+            if block and len(block) + separator + len(piece) - closes > capacity:
                 flush()
                 separator = 0
             if separator:
-                block.append(specials.sep_id)
+                block.append(sep)
             if not sources or sources[-1] != doc_index:
                 sources.append(doc_index)
             block.extend(piece)

@@ -3,6 +3,8 @@
 A document's text holds paragraphs separated by blank lines (the loaders put WikiText's one-paragraph lines into
 that shape too). Inside a paragraph, line breaks are hard wraps (Reuters, Gutenberg), not sentence ends, so they are
 collapsed into spaces before pysbd sees the paragraph; a sentence therefore never crosses a paragraph boundary.
+Which sentences end a paragraph is kept (`paragraph_ends`): fairseq's preprocessed text has one line per paragraph,
+and packing can mark those line ends (data.separators = fairseq).
 """
 
 from __future__ import annotations
@@ -24,6 +26,13 @@ def split_paragraphs(text: str) -> list[str]:
     return [p for p in paragraphs if p]
 
 
+def visible_chars(text: str) -> int:
+    """Characters of `text` that are not whitespace: the unit of the tokenizer-independent bits per character
+    (harness.data.heldout). Whitespace is left out because the tokenizers treat it differently (WordPiece drops
+    it, byte-level BPE folds a space into the next token)."""
+    return len("".join(text.split()))
+
+
 @cache
 def _pysbd_segmenter() -> Any:
     # One instance per process (datasets.map workers each build their own); clean=False keeps the text as is.
@@ -37,21 +46,36 @@ def segment_paragraph(paragraph: str) -> list[str]:
     return [s for s in sentences if s]
 
 
-def segment_text(text: str, segmenter: Segmenter) -> list[str]:
-    """A document's sentences, in order: stripped, none empty.
+def segment_paragraphs(text: str, segmenter: Segmenter) -> list[list[str]]:
+    """A document's paragraphs, each a list of its sentences (stripped, none empty; no paragraph empty).
 
     pysbd: rule-based English segmentation of each paragraph (handles "Mr.", "U.S.", "Jan. 5.", quotes, ?!).
-    newline: the text already holds one sentence per line; each non-empty line is a sentence.
+    newline: the text already holds one sentence per line; each non-empty line is a sentence, and blank lines
+    separate paragraphs as for pysbd.
     """
     if segmenter == "newline":
-        lines = (" ".join(line.split()) for line in text.splitlines())
-        return [line for line in lines if line]
-    if segmenter == "pysbd":
-        return [s for paragraph in split_paragraphs(text) for s in segment_paragraph(paragraph)]
-    raise ValueError(f"unknown segmenter {segmenter!r}; allowed: pysbd, newline")
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        blocks = ([" ".join(line.split()) for line in block.splitlines()] for block in _BLANK_LINE.split(text))
+        paragraphs = [[line for line in lines if line] for lines in blocks]
+    elif segmenter == "pysbd":
+        paragraphs = [segment_paragraph(paragraph) for paragraph in split_paragraphs(text)]
+    else:
+        raise ValueError(f"unknown segmenter {segmenter!r}; allowed: pysbd, newline")
+    return [sentences for sentences in paragraphs if sentences]
+
+
+def segment_text(text: str, segmenter: Segmenter) -> list[str]:
+    """A document's sentences, in order (the paragraphs of `segment_paragraphs`, flattened)."""
+    return [sentence for paragraph in segment_paragraphs(text, segmenter) for sentence in paragraph]
 
 
 def segment_batch(batch: dict[str, list[Any]], segmenter: Segmenter) -> dict[str, list[Any]]:
-    """datasets.map(batched=True) function: a batch of documents (doc_id, text) -> (doc_id, sentences).
+    """datasets.map(batched=True) function: a batch of documents (doc_id, text) -> (doc_id, sentences,
+    paragraph_ends), where paragraph_ends[i] says whether sentence i is the last of its paragraph.
     Documents are kept even when they have no sentence, so document sets stay aligned with the loader's."""
-    return {"doc_id": batch["doc_id"], "sentences": [segment_text(text, segmenter) for text in batch["text"]]}
+    sentences, ends = [], []
+    for text in batch["text"]:
+        paragraphs = segment_paragraphs(text, segmenter)
+        sentences.append([s for paragraph in paragraphs for s in paragraph])
+        ends.append([i == len(paragraph) - 1 for paragraph in paragraphs for i in range(len(paragraph))])
+    return {"doc_id": batch["doc_id"], "sentences": sentences, "paragraph_ends": ends}
