@@ -79,7 +79,10 @@ def run_study(study: Study, data_dir: str | Path | None, results_root: str | Pat
     rows = []
     for name, config in study.arms.items():
         metrics = pretrain(config, data_dir, results_root)
+        # common_val_bpc: the same held-out text for every arm, in bits per character, so arms with different
+        # formats and tokenizers compare; val_mlm_loss is each arm's own format and vocabulary.
         row: dict[str, Any] = {"arm": name, "run_id": config.run_id(), "steps": metrics.get("steps"),
+                               "common_val_bpc": metrics.get("common_val_bpc"),
                                "val_mlm_loss": metrics.get("val_mlm_loss"), "val_ppl": metrics.get("val_ppl")}
         if study.finetune_task:
             settings = load_finetune_config([f"experiment={config.experiment}", *study.finetune_overrides])

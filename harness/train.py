@@ -173,8 +173,9 @@ def announce(run: RunDir, plan: TrainingPlan) -> None:
              f"  {plan.updates} updates, each {plan.micro_batches}",
              f"  {plan.rows_per_copy} training inputs per pass; {plan.passes:.2f} passes over the data"]
     if plan.static_copies is not None:
-        lines.append(f"  static masking: {plan.static_copies} copies, each mask shown {plan.static_mask_views:.2f} "
-                     f"times on average (paper: 4)")
+        copies = f"{plan.static_copies} {'copy' if plan.static_copies == 1 else 'copies'}"
+        lines.append(f"  static masking: {copies}, each mask shown {plan.static_mask_views:.2f} times on average "
+                     "(paper: 4)")
     rank_zero_info("\n".join(lines))
     if plan.static_mask_views is not None and plan.static_mask_views < 2:
         rank_zero_warn(
