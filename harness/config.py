@@ -246,8 +246,9 @@ class ImplConfig(ConfigSection):
     )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     num_proc: int | None = Field(None, ge=1, description="processes for datasets.map when tokenizing; null = 1")
-    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = Field(
-        "32-true", description="Lightning precision: 32-true on CPU, bf16-mixed on recent GPUs"
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = Field(
+        "auto", description="Lightning precision; auto = bf16-mixed where bf16 matmuls are fast (GPUs with bf16, CPUs "
+        "with AVX512-BF16 or AMX), else 32-true"
     )
     compile: bool = Field(False, description="torch.compile the model")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; null = torch default")

@@ -19,7 +19,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-from harness.config import RunConfig
+from harness.config import ImplConfig, RunConfig
 from harness.data.module import PretrainDataModule
 from harness.paths import atomic_dir
 from harness.recipe import Recipe, build_datamodule, build_module, nominal_tokens_per_update, resolve_recipe
@@ -63,7 +63,7 @@ def build_trainer(config: RunConfig, run: RunDir, recipe: Recipe, data: Pretrain
                                  every_n_train_steps=impl.checkpoint_every_steps)
     return pl.Trainer(
         max_steps=data.total_updates, max_epochs=-1, accumulate_grad_batches=recipe.accumulate,
-        gradient_clip_val=config.optim.clip_grad_norm or None, precision=impl.precision,
+        gradient_clip_val=config.optim.clip_grad_norm or None, precision=resolve_precision(impl),
         accelerator=impl.accelerator, devices=impl.devices, strategy=impl.strategy,
         use_distributed_sampler=False,  # our sampler shards by rank itself (deterministic, resumable)
         val_check_interval=config.budget.val_every_steps * recipe.accumulate, check_val_every_n_epoch=None,
@@ -71,6 +71,26 @@ def build_trainer(config: RunConfig, run: RunDir, recipe: Recipe, data: Pretrain
         logger=_loggers(config, run), callbacks=[checkpoint, StepSeededDropout(config.seed), *extra_callbacks],
         default_root_dir=str(run.path), enable_progress_bar=impl.progress_bar, enable_model_summary=False,
     )
+
+
+def resolve_precision(impl: ImplConfig) -> str:
+    """`impl.precision: auto` -> bf16 autocast where this machine multiplies bf16 fast (it changes results only by
+    bf16 rounding, see benchmarks/README.md), else fp32. The one place that reads impl.precision."""
+    if impl.precision != "auto":
+        return impl.precision
+    on_gpu = impl.accelerator == "gpu" or (impl.accelerator == "auto" and torch.cuda.is_available())
+    if on_gpu:
+        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    if impl.accelerator == "auto" and torch.backends.mps.is_available():
+        return "32-true"  # Lightning picks MPS here; its bf16 autocast is not what we measured
+    return "bf16-mixed" if cpu_has_fast_bf16() else "32-true"
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls at about twice the fp32 rate (measured: 422 vs 174-193 GFLOP/s on 2 EPYC
+    cores). Without them bf16 is emulated and slower than fp32."""
+    probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(probe is not None and probe() for probe in probes)
 
 
 def pretrain(config: RunConfig, data_dir: str | Path | None = None, results_root: str | Path = "results",
@@ -137,6 +157,7 @@ class TrainingPlan:
     rows_per_copy: int  # packed training inputs of one pass over the data
     static_copies: int | None  # None for dynamic masking
     expected_sequences: float
+    precision: str  # resolved: impl.precision auto becomes bf16-mixed or 32-true
 
     @property
     def passes(self) -> float:
@@ -149,7 +170,8 @@ class TrainingPlan:
     def final_figures(self, sequences_seen: int) -> dict[str, Any]:
         """The same figures from what the run actually fed."""
         passes = sequences_seen / max(self.rows_per_copy, 1)
-        figures: dict[str, Any] = {"train_rows_per_pass": self.rows_per_copy, "data_passes": round(passes, 4)}
+        figures: dict[str, Any] = {"train_rows_per_pass": self.rows_per_copy, "data_passes": round(passes, 4),
+                                   "precision": self.precision}
         if self.static_copies is not None:
             figures.update(dupe_factor=self.static_copies, static_mask_views=round(passes / self.static_copies, 4))
         return figures
@@ -164,13 +186,14 @@ def training_plan(config: RunConfig, data: PretrainDataModule) -> TrainingPlan:
     return TrainingPlan(updates=data.total_updates, accumulate=budget.accumulate, micro_batches=split,
                         rows_per_copy=data.rows_per_copy,
                         static_copies=data.static_copies if config.data.masking == "static" else None,
-                        expected_sequences=budget.expected_sequences(train_lengths, config.seed))
+                        expected_sequences=budget.expected_sequences(train_lengths, config.seed),
+                        precision=resolve_precision(config.impl))
 
 
 def announce(run: RunDir, plan: TrainingPlan) -> None:
     """The start-up summary; a loud warning when static masking would not show its masks at least twice."""
     lines = [f"run {run.path} ({run.status})",
-             f"  {plan.updates} updates, each {plan.micro_batches}",
+             f"  {plan.updates} updates, each {plan.micro_batches}; precision {plan.precision}",
              f"  {plan.rows_per_copy} training inputs per pass; {plan.passes:.2f} passes over the data"]
     if plan.static_copies is not None:
         copies = f"{plan.static_copies} {'copy' if plan.static_copies == 1 else 'copies'}"

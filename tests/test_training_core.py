@@ -77,7 +77,8 @@ def test_the_gradient_of_an_update_does_not_depend_on_its_micro_batches(shared_d
     """One micro-batch of 16 or four of 4 with unequal masked-token counts: the same sum of token losses over the
     same masked-token total, MLM and NSP alike (BERT with NSP, dropout 0)."""
     bert = ["model.family=bert", "tokenizer.kind=wordpiece", "data.packing=segment_pair", "data.nsp=true",
-            "data.segment_embeddings=true", "model.dropout=0", "optim.batch_size=16", "budget.max_steps=1"]
+            "data.segment_embeddings=true", "model.dropout=0", "optim.batch_size=16", "budget.max_steps=1",
+            "impl.precision=32-true"]  # fp32: bf16 rounds differently for other batch shapes
     whole, split = GradientsOfFirstUpdate(), GradientsOfFirstUpdate()
     _run(shared_data, tmp_path / "whole", *bert, callbacks=[whole])
     _run(shared_data, tmp_path / "split", *bert, "impl.micro_batch_size=4", callbacks=[split])
@@ -259,3 +260,29 @@ def test_compiled_encoder_trains_and_exports_a_plain_checkpoint(shared_data, tmp
     assert metrics["steps"] == 20 and loss.iloc[-3:].mean() < loss.iloc[:3].mean() - 0.3
     weights = load_file(_run_dir(tmp_path) / EXPORT_DIR / "model.safetensors")
     assert weights and not any("_orig_mod" in name for name in weights)  # compiled in place, names unchanged
+
+
+# ---- precision ---------------------------------------------------------------------------------------------------
+
+def test_auto_precision_is_bf16_only_where_bf16_is_fast(monkeypatch):
+    import harness.train as train
+    from harness.config import ImplConfig
+
+    cpu = ImplConfig(accelerator="cpu")
+    for fast, expected in ((True, "bf16-mixed"), (False, "32-true")):
+        monkeypatch.setattr(train, "cpu_has_fast_bf16", lambda fast=fast: fast)
+        assert train.resolve_precision(cpu) == expected
+    assert train.resolve_precision(ImplConfig(accelerator="cpu", precision="32-true")) == "32-true"
+
+
+def test_bf16_autocast_follows_fp32_on_a_fixed_run(shared_data, tmp_path):
+    """The same run (data, masks, initialisation, dropout) in fp32 and with bf16 autocast: the curves agree to
+    bf16 rounding, and the run records which precision it used."""
+    common = ("optim.batch_size=16", "budget.max_steps=30")
+    fp32, fp32_curves = _run(shared_data, tmp_path / "fp32", *common, "impl.precision=32-true")
+    bf16, bf16_curves = _run(shared_data, tmp_path / "bf16", *common, "impl.precision=bf16-mixed")
+    assert (fp32["precision"], bf16["precision"]) == ("32-true", "bf16-mixed")
+    fp32_loss, bf16_loss = (c["train/mlm_loss"].dropna().to_numpy() for c in (fp32_curves, bf16_curves))
+    assert len(fp32_loss) == len(bf16_loss) == 30 and bf16_loss[-5:].mean() < bf16_loss[:5].mean() - 0.5
+    assert abs(bf16_loss - fp32_loss).max() < 0.05
+    assert bf16["val_mlm_loss"] == pytest.approx(fp32["val_mlm_loss"], abs=0.02)

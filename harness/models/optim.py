@@ -45,8 +45,20 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias:
 
 
 def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
+    """AdamW with torch's fused kernel where the parameters' device has one (CPU and CUDA do): one kernel for all
+    tensors instead of a Python loop over them (11 vs 36 ms a step for the mini model on 2 CPU cores), the same
+    update rule; the Hugging Face Trainer's default too. Not with gradient clipping: Lightning's mixed-precision
+    plugins refuse to clip for an optimizer that unscales gradients itself, as the fused one does."""
     groups = parameter_groups(model, optim.weight_decay, optim.decay_norm_and_bias)
-    return torch.optim.AdamW(groups, lr=optim.peak_lr, betas=tuple(optim.betas), eps=optim.eps)
+    fused = optim.clip_grad_norm == 0 and all(p.device.type in _fused_devices() and p.is_floating_point()
+                                              for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=optim.peak_lr, betas=tuple(optim.betas), eps=optim.eps, fused=fused or None)
+
+
+def _fused_devices() -> list[str]:
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    return _get_fused_kernels_supported_devices()
 
 
 def build_lr_schedule(optimizer: torch.optim.Optimizer, optim: OptimConfig, total_steps: int) -> LambdaLR:
