@@ -6,6 +6,9 @@ Arms (all on the same examples, masked by the same DataCollatorForLanguageModeli
                 (the baseline when `accelerate`, which the Trainer needs, is not installed)
   ours-lightning  PretrainModule under a pl.Trainer (sparse head, the harness's training path)
   ours-loop     PretrainModule.training_step + AdamW + schedule in a plain loop: the pure step cost
+  ours-pretrain harness.train.pretrain, the real command's path (its own data module, run directory, logging),
+                at the default impl.precision auto (bf16 autocast on CPUs with AVX512-BF16/AMX)
+  ours-pretrain-fp32, hf-trainer-bf16   the same two at the other precision, for equal-precision ratios
 
 Each arm runs `--warmup` untimed updates, then `--steps` timed ones; the figure is the median over `--repeats`
 repeats, interleaved so that drift in machine speed hits every arm alike. Throughput counts non-padding tokens.
@@ -117,14 +120,19 @@ class StepClock:
     def __init__(self) -> None:
         self.wall: list[float] = []
         self.cpu: list[float] = []
+        self.tokens: list[float] = []  # real tokens seen so far, for arms whose updates differ in size
 
-    def tick(self) -> None:
+    def tick(self, tokens_seen: float | None = None) -> None:
         self.wall.append(time.perf_counter())
         self.cpu.append(time.process_time())
+        if tokens_seen is not None:
+            self.tokens.append(tokens_seen)
 
     def rates(self, warmup: int, tokens_per_step: float) -> tuple[float, float]:
         """(tokens per wall second, tokens per CPU second) over the updates after `warmup`."""
         tokens = (len(self.wall) - warmup) * tokens_per_step
+        if self.tokens:
+            tokens = self.tokens[-1] - self.tokens[warmup - 1]
         return tokens / (self.wall[-1] - self.wall[warmup - 1]), tokens / (self.cpu[-1] - self.cpu[warmup - 1])
 
 
@@ -140,7 +148,7 @@ def optim_config(args: argparse.Namespace) -> OptimConfig:
     return OptimConfig(peak_lr=5e-4, warmup_fraction=0.06, batch_size=args.batch_size)
 
 
-def run_hf_trainer(args: argparse.Namespace, data: BenchData, clock: StepClock) -> None:
+def run_hf_trainer(args: argparse.Namespace, data: BenchData, clock: StepClock, bf16: bool = False) -> None:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     class Tick(TrainerCallback):
@@ -154,7 +162,8 @@ def run_hf_trainer(args: argparse.Namespace, data: BenchData, clock: StepClock) 
             learning_rate=optim.peak_lr, weight_decay=optim.weight_decay, adam_beta1=optim.betas[0],
             adam_beta2=optim.betas[1], adam_epsilon=optim.eps, warmup_steps=optim.warmup_fraction,
             lr_scheduler_type="linear", max_grad_norm=optim.clip_grad_norm, use_cpu=True, report_to="none",
-            save_strategy="no", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, seed=0)
+            save_strategy="no", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, seed=0,
+            bf16=bf16)
         Trainer(model=build_model(args, data), args=training_args, train_dataset=data.dataset,
                 data_collator=data.collate, callbacks=[Tick()]).train()
 
@@ -212,9 +221,36 @@ def run_ours_lightning(args: argparse.Namespace, data: BenchData, clock: StepClo
     trainer.fit(module, train_dataloaders=_loader(args, data))
 
 
+def run_ours_pretrain(args: argparse.Namespace, data: BenchData, clock: StepClock, precision: str = "auto") -> None:
+    """The real command's path: `harness.train.pretrain` with its data module (WikiText-2, full_sentences, dynamic
+    masks), run directory, CSV logging and checkpoints, at the benchmark's shape; `auto` precision is the default."""
+    from harness.config import load_config
+    from harness.train import pretrain
+
+    class Tick(pl.Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, module: Any, *_: Any) -> None:
+            clock.tick(float(module.tokens_seen))
+
+    steps = args.warmup + args.steps
+    config = load_config(overrides=[
+        "corpus.path=corpora/wikitext-2-raw/wiki.valid.raw", "impl.num_proc=2", f"model.size={args.size}",
+        f"tokenizer.vocab_size={args.vocab_size}", f"data.max_seq_length={args.seq_len}",
+        f"optim.batch_size={args.batch_size}", "optim.peak_lr=5e-4", f"budget.max_steps={steps}",
+        f"budget.val_every_steps={steps}", "budget.val_max_examples=32", "budget.common_val_max_chars=1000",
+        f"impl.precision={precision}", "impl.progress_bar=false", "logging.wandb=false",
+        *([f"impl.threads={args.threads}"] if args.threads else [])])
+    with tempfile.TemporaryDirectory() as results:
+        pretrain(config, results_root=results, extra_callbacks=[Tick()])
+
+
+def run_hf_trainer_bf16(args: argparse.Namespace, data: BenchData, clock: StepClock) -> None:
+    run_hf_trainer(args, data, clock, bf16=True)
+
+
 ARMS: dict[str, Callable[[argparse.Namespace, BenchData, StepClock], None]] = {
-    "hf-trainer": run_hf_trainer, "hf-loop": run_hf_loop, "ours-lightning": run_ours_lightning,
-    "ours-loop": run_ours_loop,
+    "hf-trainer": run_hf_trainer, "hf-trainer-bf16": run_hf_trainer_bf16, "hf-loop": run_hf_loop,
+    "ours-lightning": run_ours_lightning, "ours-loop": run_ours_loop, "ours-pretrain": run_ours_pretrain,
+    "ours-pretrain-fp32": lambda args, data, clock: run_ours_pretrain(args, data, clock, precision="32-true"),
 }
 
 
@@ -278,7 +314,7 @@ def report(args: argparse.Namespace, data: BenchData, wall: dict[str, float], cp
     baseline = next((arm for arm in ("hf-trainer", "hf-loop") if arm in wall), None)
     model_flops, vocab_flops = flops_per_token(args, data)
     mask_rate = 0.15
-    print(f"\n{args.size}, vocab {args.vocab_size}, seq {args.seq_len}, batch {args.batch_size}, fp32, "
+    print(f"\n{args.size}, vocab {args.vocab_size}, seq {args.seq_len}, batch {args.batch_size}, fp32 unless named, "
           f"{torch.get_num_threads()} threads, median of {args.repeats} x {args.steps} updates")
     print(f"model FLOPs/token = 6N + 12*layers*hidden*seq = {model_flops / 1e6:.1f} MFLOP "
           f"(+ vocab projection 6*hidden*vocab = {vocab_flops / 1e6:.1f} MFLOP per predicted position)")

@@ -19,6 +19,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness.presets import PRESETS, RECIPES
+
 PackingMode = Literal["segment_pair", "sentence_pair", "full_sentences", "doc_sentences"]
 PAIR_PACKINGS = ("segment_pair", "sentence_pair")
 SizePreset = Literal["tiny", "mini", "small", "medium", "base", "large"]
@@ -208,6 +210,10 @@ class OptimConfig(ConfigSection):
     batch_tokens: int | None = Field(
         None, ge=1, description="if set, build each update from this many tokens instead of batch_size sequences"
     )
+    group_by_length: bool = Field(
+        False, description="with batch_tokens: batch inputs of similar length, the budget counting padded positions "
+        "(fairseq's batch_by_size); short formats then waste little compute on padding"
+    )
     clip_grad_norm: float = Field(
         0.0, ge=0.0, description="gradient clipping max norm; 0 = off (RoBERTa, paper Table 9; BERT: 1.0)"
     )
@@ -251,6 +257,9 @@ class ImplConfig(ConfigSection):
         "with AVX512-BF16 or AMX), else 32-true"
     )
     compile: bool = Field(False, description="torch.compile the model")
+    profiler: Literal["simple", "advanced", "pytorch"] | None = Field(
+        None, description="Lightning profiler; its report goes to <run dir>/fit-profile.txt; null = off"
+    )
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; null = torch default")
     accelerator: Literal["auto", "cpu", "gpu"] = Field("auto", description="Lightning accelerator")
     devices: int = Field(1, ge=1, description="devices (processes) per machine")
@@ -329,6 +338,8 @@ class RunConfig(ConfigSection):
                 f"{field}impl.devices = {devices} does not divide optim.batch_size = {per_update}; "
                 f"allowed: a batch size that is a multiple of {(micro or 1) * devices}"
             )
+        if self.optim.group_by_length and tokens is None:
+            raise ValueError("optim.group_by_length = true batches by a token budget; allowed: with optim.batch_tokens")
         parts = self.grad_accumulation() * devices
         if tokens is not None and tokens < parts * self.data.max_seq_length:
             raise ValueError(
@@ -362,104 +373,6 @@ def special_token_count(tokenizer_kind: str, packing: str) -> int:
     if packing not in PAIR_PACKINGS:
         return 2
     return 3 if tokenizer_kind == "wordpiece" else 4
-
-
-# ---- presets ---------------------------------------------------------------------------------------------
-# A size preset holds only size-ish settings: model shape, lengths, vocabulary, batch, peak lr, steps and
-# precision. How a model is trained (input format, masking, objective, optimiser shape) is a recipe (below).
-# CPU presets finish in minutes; base/large are the paper's shapes, meant for GPUs.
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"model.size": "tiny", "data.max_seq_length": 128, "tokenizer.vocab_size": 8192,
-             "optim.batch_size": 32, "optim.peak_lr": 1e-3, "budget.max_steps": 200},
-    "mini": {"model.size": "mini", "data.max_seq_length": 128, "tokenizer.vocab_size": 8192,
-             "optim.batch_size": 32, "optim.peak_lr": 5e-4, "budget.max_steps": 1000},
-    "small": {"model.size": "small", "data.max_seq_length": 256, "tokenizer.vocab_size": 16384,
-              "optim.batch_size": 128, "optim.peak_lr": 5e-4, "budget.max_steps": 10_000,
-              "impl.precision": "bf16-mixed"},
-    "medium": {"model.size": "medium", "data.max_seq_length": 512, "tokenizer.vocab_size": 32768,
-               "optim.batch_size": 256, "optim.peak_lr": 3e-4, "budget.max_steps": 50_000,
-               "impl.precision": "bf16-mixed"},
-    # The ablation model of the paper (sections 3.1, 4; Table 3 first row): BERT-base, 256 sequences of 512 tokens
-    # x 1M updates at peak lr 1e-4 (Devlin et al. A.2). 50,265 = RoBERTa's byte-level BPE dictionary (paper 4.4:
-    # 50K); BERT's WordPiece has 30,522: --set tokenizer.vocab_size=30522 with the bert recipes.
-    "base": {"model.size": "base", "data.max_seq_length": 512, "tokenizer.vocab_size": 50_265,
-             "optim.batch_size": 256, "optim.peak_lr": 1e-4, "budget.max_steps": 1_000_000,
-             "impl.precision": "bf16-mixed"},
-    # RoBERTa-large (paper Table 9): 8K sequences of 512 tokens x 500K updates, peak lr 4e-4.
-    "large": {"model.size": "large", "data.max_seq_length": 512, "tokenizer.vocab_size": 50_265,
-              "optim.batch_size": 8192, "optim.peak_lr": 4e-4, "budget.max_steps": 500_000,
-              "impl.precision": "bf16-mixed"},
-}
-
-# ---- recipes ---------------------------------------------------------------------------------------------
-# A recipe is the other axis of the paper: how a model of any size is pre-trained. It sets only recipe-ish
-# fields and no size-ish one, so every recipe composes with every size preset. Sources: "paper" = Liu et al.
-# 2019 (../shared/docs/PAPER.md); "Devlin" = Devlin et al. 2019; Google's code = github.com/google-research/bert
-# create_pretraining_data.py, run_pretraining.py, optimization.py; fairseq = examples/roberta/README.pretraining.md
-# and its masked_lm task (MaskTokensDataset, TokenBlockDataset) and Adam optimizer.
-_MASKING_AND_DROPOUT: dict[str, Any] = {
-    "data.mask_prob": 0.15,  # Devlin 3.1; create_pretraining_data.py masked_lm_prob=0.15; fairseq mask_prob 0.15
-    "data.mask_token_fraction": 0.8,  # Devlin 3.1 80/10/10; create_instances_from_document; fairseq 1 - 0.1 - 0.1
-    "data.random_token_fraction": 0.1,  # idem; fairseq random_token_prob=0.1 (leave_unmasked_prob=0.1)
-    "data.whole_word_masking": False,  # BERT as published and fairseq's default (mask_whole_words off)
-    # Google's caps (20 at length 128, 80 at 512; run_pretraining.py max_predictions_per_seq) are at least
-    # round(0.15 x L) = 19 / 77, so under its count rule they never bind: they only size its fixed-shape
-    # TFRecord tensors. Null gives the same masks at every length, so the recipe composes with any preset.
-    "data.max_predictions_per_seq": None,
-    "model.dropout": 0.1,  # Devlin A.2; paper 2 and Table 9 (dropout and attention dropout 0.1)
-}
-_BERT: dict[str, Any] = {
-    **_MASKING_AND_DROPOUT,
-    "tokenizer.kind": "wordpiece",  # Devlin 3: 30K WordPiece, [CLS]/[SEP]
-    "model.family": "bert",  # BertForPreTraining: MLM + NSP heads
-    "data.packing": "segment_pair",  # paper 4.2 SEGMENT-PAIR = create_pretraining_data.py
-    "data.nsp": True,  # Devlin 3.1 task 2; run_pretraining.py adds the next-sentence loss
-    "data.segment_embeddings": True,  # Devlin 3 (token_type embeddings, type_vocab_size=2)
-    "data.masking": "static",  # paper 4.1: masked once in preprocessing (create_pretraining_data.py)
-    "data.dupe_factor": 10,  # create_pretraining_data.py dupe_factor=10
-    "data.static_mode": "redraw",  # create_pretraining_data.py: each copy re-draws pairs with one running RNG
-    "data.short_seq_prob": 0.1,  # create_pretraining_data.py short_seq_prob=0.1
-    "data.mask_count": "google",  # create_masked_lm_predictions: min(max_predictions, max(1, round(n x 0.15)))
-    "optim.betas": [0.9, 0.999],  # Devlin A.2; optimization.py beta_2=0.999
-    "optim.eps": 1e-6,  # optimization.py AdamWeightDecayOptimizer epsilon=1e-6
-    "optim.weight_decay": 0.01,  # Devlin A.2; optimization.py weight_decay_rate=0.01
-    "optim.decay_norm_and_bias": False,  # optimization.py exclude_from_weight_decay=["LayerNorm", "layer_norm", "bias"]
-    "optim.warmup_fraction": 0.01,  # Devlin A.2 / run_pretraining.py: 10K warm-up steps of 1M
-    "optim.schedule": "linear",  # optimization.py polynomial_decay to 0 with power=1.0
-    "optim.clip_grad_norm": 1.0,  # optimization.py clip_by_global_norm(grads, clip_norm=1.0)
-}
-RECIPES: dict[str, dict[str, Any]] = {
-    "bert": _BERT,
-    # The paper's re-implementation of BERT (Tables 1-2, sections 3.1 and 4): Google's recipe at full length only,
-    # "we do not randomly inject short sequences" (3.1). Paper 4.1: 10 copies over 40 epochs, so each mask is seen
-    # 4 times; `auto` keeps that ratio (passes / 4 copies) at budgets far below 40 epochs, where 10 fixed copies
-    # would show each mask less than once and static masking would be dynamic in all but name.
-    "bert-reimpl": {**_BERT, "data.short_seq_prob": 0.0, "data.dupe_factor": "auto"},
-    "roberta": {
-        **_MASKING_AND_DROPOUT,
-        "tokenizer.kind": "bpe",  # paper 4.4: byte-level BPE (GPT-2's, 50K units)
-        "model.family": "roberta",  # RobertaForMaskedLM: no NSP head
-        # paper 4.2: FULL-SENTENCES "in the remainder of our experiments"; fairseq --sample-break-mode complete
-        "data.packing": "full_sentences",
-        # paper 4.2: "an extra separator token between documents". fairseq's files also end every paragraph with
-        # </s> (data.separators=fairseq); that needs paragraph structure and no pair packing, so it stays opt-in.
-        "data.separators": "document",
-        "data.nsp": False,  # paper 4.2 and Table 2: no NSP loss
-        "data.segment_embeddings": False,  # fairseq's RoBERTa has no segment embeddings (HF type_vocab_size=1)
-        "data.masking": "dynamic",  # paper 4.1; fairseq MaskTokensDataset seeds each mask with (seed, epoch, index)
-        "data.short_seq_prob": 0.0,  # paper 3.1: no short sequences (unused by full_sentences anyway)
-        "data.mask_count": "fairseq",  # MaskTokensDataset: int(mask_prob x n + U[0, 1))
-        "optim.betas": [0.9, 0.98],  # paper Table 9; README.pretraining.md --adam-betas '(0.9,0.98)'
-        "optim.eps": 1e-6,  # paper Table 9; README.pretraining.md --adam-eps 1e-6
-        "optim.weight_decay": 0.01,  # paper Table 9; README.pretraining.md --weight-decay 0.01
-        "optim.decay_norm_and_bias": True,  # fairseq's Adam has one parameter group: the decay hits every parameter
-        # Table 9: 24K (base, 4.8%) / 30K (large, 6%) of 500K updates; README.pretraining.md 10K of 125K (8%).
-        # We take 6%, the middle value, which is also RoBERTa's fine-tuning warm-up.
-        "optim.warmup_fraction": 0.06,
-        "optim.schedule": "linear",  # paper Table 9 linear decay; fairseq --lr-scheduler polynomial_decay (power 1)
-        "optim.clip_grad_norm": 0.0,  # paper Table 9 "gradient clipping 0.0"; README.pretraining.md --clip-norm 0.0
-    },
-}
 
 
 def format_validation_error(err: ValidationError) -> str:

@@ -70,7 +70,19 @@ def build_trainer(config: RunConfig, run: RunDir, recipe: Recipe, data: Pretrain
         num_sanity_val_steps=0, log_every_n_steps=config.logging.log_every_steps,
         logger=_loggers(config, run), callbacks=[checkpoint, StepSeededDropout(config.seed), *extra_callbacks],
         default_root_dir=str(run.path), enable_progress_bar=impl.progress_bar, enable_model_summary=False,
+        profiler=_profiler(impl, run),
     )
+
+
+def _profiler(impl: ImplConfig, run: RunDir) -> Any:
+    """Lightning's own profilers; the report is written beside the run's logs (fit-profile.txt)."""
+    if impl.profiler is None:
+        return None
+    from pytorch_lightning import profilers
+
+    kind = {"simple": profilers.SimpleProfiler, "advanced": profilers.AdvancedProfiler,
+            "pytorch": profilers.PyTorchProfiler}[impl.profiler]
+    return kind(dirpath=str(run.path), filename="profile")
 
 
 def resolve_precision(impl: ImplConfig) -> str:

@@ -12,6 +12,7 @@ from harness.data.loader import (
     EpochBatchSampler,
     StreamBatchSampler,
     UpdateLoader,
+    batches_by_padded_tokens,
     batches_by_tokens,
     epoch_order,
 )
@@ -138,3 +139,30 @@ def test_batches_by_tokens_follow_the_shuffled_order_and_bound_real_tokens():
     assert [i for b in batches for i in b] == order.tolist()
     assert all(lengths[b].sum() <= 20 for b in batches)
     assert [list(b) for b in batches_by_tokens(np.arange(2), np.array([30, 4]), 20)] == [[0], [1]]
+
+
+def test_length_grouped_batches_cover_a_pass_and_bound_padded_positions():
+    lengths = np.random.default_rng(0).integers(3, 60, size=500)
+    batches = batches_by_padded_tokens(lengths, seed=1, epoch=0, max_tokens=256)
+    assert sorted(i for b in batches for i in b.tolist()) == list(range(500))  # every input once per pass
+    assert all(len(b) * lengths[b].max() <= 256 for b in batches)  # what the forward pass computes
+    spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
+    assert spread < 3  # similar lengths share a batch: little padding
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    assert lengths.sum() / padded > 0.9
+    again = batches_by_padded_tokens(lengths, seed=1, epoch=0, max_tokens=256)
+    assert all((a == b).all() for a, b in zip(batches, again, strict=True))  # a function of (seed, epoch)
+    other = batches_by_padded_tokens(lengths, seed=1, epoch=1, max_tokens=256)
+    assert [b.tolist() for b in other] != [b.tolist() for b in batches]  # reshuffled every pass
+
+
+def test_length_grouped_stream_passes_follow_each_other_and_resume():
+    lengths = np.random.default_rng(3).integers(3, 30, size=40)
+    sampler = StreamBatchSampler(lengths, seed=2, num_batches=30, max_tokens=64, group_by_length=True)
+    batches = _stream(sampler)
+    flat = [key for batch in batches for key in batch]
+    assert [e for e, _ in flat] == sorted(e for e, _ in flat)
+    assert sorted(i for e, i in flat if e == 0) == list(range(40))
+    resumed = StreamBatchSampler(lengths, seed=2, num_batches=30, max_tokens=64, group_by_length=True)
+    resumed.start = 11
+    assert _stream(resumed) == batches[11:]

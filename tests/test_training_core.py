@@ -286,3 +286,25 @@ def test_bf16_autocast_follows_fp32_on_a_fixed_run(shared_data, tmp_path):
     assert len(fp32_loss) == len(bf16_loss) == 30 and bf16_loss[-5:].mean() < bf16_loss[:5].mean() - 0.5
     assert abs(bf16_loss - fp32_loss).max() < 0.05
     assert bf16["val_mlm_loss"] == pytest.approx(fp32["val_mlm_loss"], abs=0.02)
+
+
+def test_profiler_writes_its_report_into_the_run_directory(shared_data, tmp_path):
+    _run(shared_data, tmp_path, "optim.batch_size=8", "budget.max_steps=2", "impl.profiler=simple")
+    report = (_run_dir(tmp_path) / "fit-profile.txt").read_text()
+    assert "run_training_batch" in report and "optimizer_step" in report
+
+
+def test_length_grouped_batches_cut_padding_and_keep_each_inputs_masks(shared_data, tmp_path, capsys):
+    """optim.group_by_length (fairseq's batch_by_size) through `harness inspect-data` and `pretrain`: DOC-SENTENCES
+    inputs of similar length share a micro-batch, so nearly every computed position is a real token, and each input
+    keeps the mask it has without grouping (masks are keyed by (seed, pass, index), not by the batch)."""
+    tokens = ("data.packing=doc_sentences", "optim.batch_tokens=512")
+    _, plain = _inspect(shared_data, tmp_path / "plain", capsys, *tokens)
+    _, grouped = _inspect(shared_data, tmp_path / "grouped", capsys, *tokens, "optim.group_by_length=true")
+    masks = {(r["mask_key"], r["example_index"]): r["labels"] for r in plain}
+    both = [r for r in grouped if (r["mask_key"], r["example_index"]) in masks]
+    assert len(both) > 5 and all(masks[r["mask_key"], r["example_index"]] == r["labels"] for r in both)
+    metrics, curves = _run(shared_data, tmp_path / "run", *tokens, "optim.group_by_length=true", "budget.max_steps=12")
+    real, padded = curves["train/tokens_per_update"].dropna(), curves["train/padded_tokens_per_update"].dropna()
+    assert (padded <= 512).all() and real.sum() / padded.sum() > 0.9
+    assert metrics["steps"] == 12

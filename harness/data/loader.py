@@ -46,6 +46,22 @@ def batches_by_tokens(order: np.ndarray, lengths: np.ndarray, max_tokens: int) -
     return [order[np.asarray(group)] for group in batch_by_tokens(lengths[order], max_tokens)]
 
 
+def batches_by_padded_tokens(lengths: np.ndarray, seed: int, epoch: int, max_tokens: int) -> list[np.ndarray]:
+    """fairseq's `batch_by_size` for one pass: inputs sorted by length (ties broken at random by (seed, epoch)),
+    cut greedily so that rows x longest row <= max_tokens (what the forward pass computes, padding included), then
+    the batches shuffled by (seed, epoch). Inputs of similar length share a batch: little compute goes to padding,
+    and short inputs come many to a batch (the paper's "dynamically increase the batch size")."""
+    rng = np.random.default_rng([seed, epoch, 0xB17E])
+    order = np.lexsort((rng.random(len(lengths)), lengths))
+    batches, start = [], 0
+    for end, length in enumerate(lengths[order].tolist(), start=1):  # ascending: the newest row is the longest
+        if end - 1 > start and (end - start) * length > max_tokens:
+            batches.append(order[start : end - 1])
+            start = end - 1
+    batches.append(order[start:])
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 class EpochBatchSampler(Sampler[list[Key]]):
     """One pass over the examples in a fixed order (validation): by a number of examples or a real-token budget,
     sharded by rank (the uneven tail is dropped so every process runs the same number of steps)."""
@@ -82,22 +98,25 @@ class EpochBatchSampler(Sampler[list[Key]]):
 
 class StreamBatchSampler(Sampler[list[Key]]):
     """This rank's training micro-batches: the endless stream of epochs cut into micro-batches of `batch_size`
-    examples, or of at most `max_tokens` real tokens (greedy, packing's rule), and dealt round-robin to the ranks
+    examples, or of at most `max_tokens` real tokens (greedy, packing's rule), or of at most `max_tokens` padded
+    positions among inputs of similar length (group_by_length), and dealt round-robin to the ranks
     (global micro-batch g goes to rank g % world_size). By count, the update's examples are the same whatever the
     split into micro-batches and ranks: stream positions [u*B, (u+1)*B) for update u of B sequences.
 
     `num_batches` is this rank's share of the run (its length); `start` the micro-batches consumed before a resume."""
 
     def __init__(self, lengths: Sequence[int] | np.ndarray, *, seed: int, num_batches: int,
-                 batch_size: int | None = None, max_tokens: int | None = None, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 batch_size: int | None = None, max_tokens: int | None = None, group_by_length: bool = False,
+                 rank: int = 0, world_size: int = 1) -> None:
         if (batch_size is None) == (max_tokens is None):
             raise ValueError("give exactly one of batch_size and max_tokens")
+        if group_by_length and max_tokens is None:
+            raise ValueError("group_by_length batches by a token budget: give max_tokens")
         self.lengths = np.asarray(lengths)
         if len(self.lengths) == 0:
             raise ValueError("no training examples to sample from")
         self.seed, self.num_batches = seed, num_batches
-        self.batch_size, self.max_tokens = batch_size, max_tokens
+        self.batch_size, self.max_tokens, self.group_by_length = batch_size, max_tokens, group_by_length
         self.rank, self.world_size = rank, world_size
         self.start = 0
         self._orders: dict[int, np.ndarray] = {}
@@ -120,20 +139,32 @@ class StreamBatchSampler(Sampler[list[Key]]):
             yield self._keys(np.arange(g * self.batch_size, (g + 1) * self.batch_size))
             g += self.world_size
 
-    def _by_tokens(self, first: int) -> Iterator[list[Key]]:
-        """Greedy over the stream, so a batch may span an epoch end; earlier batches are replayed to find `first`."""
-        g, batch, total, epoch = 0, [], 0, 0
-        skip = first * self.world_size + self.rank
+    def _token_batches(self) -> Iterator[list[Key]]:
+        """Every global micro-batch by tokens, in order. Greedy over the stream (a batch may span an epoch end), or
+        length-grouped per pass (fairseq's batch_by_size; the passes follow each other)."""
+        epoch = 0
+        if self.group_by_length:
+            while True:
+                for batch in batches_by_padded_tokens(self.lengths, self.seed, epoch, self.max_tokens):
+                    yield [(epoch, int(i)) for i in batch]
+                epoch += 1
+        batch, total = [], 0
         while True:
             order = self.order(epoch)
             for index, length in zip(order.tolist(), self.lengths[order].tolist(), strict=True):
                 if batch and total + length > self.max_tokens:
-                    if g >= skip and (g - self.rank) % self.world_size == 0:
-                        yield batch
-                    g, batch, total = g + 1, [], 0
+                    yield batch
+                    batch, total = [], 0
                 batch.append((epoch, index))
                 total += length
             epoch += 1
+
+    def _by_tokens(self, first: int) -> Iterator[list[Key]]:
+        """This rank's share; the batches before `first` are replayed (cheap: keys only, nothing collated)."""
+        skip = first * self.world_size + self.rank
+        for g, batch in enumerate(self._token_batches()):
+            if g >= skip and (g - self.rank) % self.world_size == 0:
+                yield batch
 
     def first_batch_of_epoch(self, epoch: int) -> int:
         """This rank's number of the first micro-batch that starts inside `epoch` (for looking at an epoch)."""

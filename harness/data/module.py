@@ -25,6 +25,7 @@ from harness.data.loader import (
     Key,
     StreamBatchSampler,
     UpdateLoader,
+    batches_by_padded_tokens,
     batches_by_tokens,
     epoch_order,
 )
@@ -54,14 +55,19 @@ class TrainBudget:
     accumulate: int  # micro-batches per update per device
     devices: int
     sequences_per_update: int | None  # batching by count (all devices together)
-    micro_batch_tokens: int | None  # batching by real tokens: the budget of one micro-batch
+    micro_batch_tokens: int | None  # batching by tokens: the budget of one micro-batch
+    group_by_length: bool = False  # the token budget counts padded positions among inputs of similar length
 
     def tokens_per_update(self, lengths: np.ndarray, seed: int) -> float:
         """Real tokens one update holds on average: by count, the mean row length times the batch; by tokens, the
         greedy micro-batches of the first epoch's order (each a little under its budget), times the micro-batches."""
         if self.micro_batch_tokens is None:
             return float(self.sequences_per_update * np.mean(lengths))
-        micro = batches_by_tokens(epoch_order(len(lengths), seed, 0, shuffle=True), lengths, self.micro_batch_tokens)
+        if self.group_by_length:
+            micro = batches_by_padded_tokens(lengths, seed, 0, self.micro_batch_tokens)
+        else:
+            micro = batches_by_tokens(epoch_order(len(lengths), seed, 0, shuffle=True), lengths,
+                                      self.micro_batch_tokens)
         return float(np.mean([lengths[b].sum() for b in micro])) * self.accumulate * self.devices
 
     def updates(self, lengths: np.ndarray, seed: int) -> int:
@@ -287,7 +293,8 @@ class PretrainDataModule(pl.LightningDataModule):
         sampler = StreamBatchSampler(self.train_examples.lengths(), seed=self.config.seed,
                                      num_batches=self.total_updates * self.budget.accumulate,
                                      batch_size=None if self.micro_batch_tokens else self.micro_batch_size,
-                                     max_tokens=self.micro_batch_tokens, rank=rank, world_size=world)
+                                     max_tokens=self.micro_batch_tokens, group_by_length=self.budget.group_by_length,
+                                     rank=rank, world_size=world)
         masks = MaskSettings(d.mask_prob, d.mask_token_fraction, d.random_token_fraction, d.mask_count,
                              d.max_predictions_per_seq)
         return UpdateLoader(self.train_examples, sampler, accumulate=self.budget.accumulate,
