@@ -211,8 +211,9 @@ class OptimConfig(ConfigSection):
         None, ge=1, description="if set, build each update from this many tokens instead of batch_size sequences"
     )
     group_by_length: bool = Field(
-        False, description="with batch_tokens: batch inputs of similar length, the budget counting padded positions "
-        "(fairseq's batch_by_size); short formats then waste little compute on padding"
+        True, description="with batch_tokens: batch inputs of similar length, the budget counting padded positions "
+        "(fairseq's batch_by_size with --max-tokens), so short formats waste little compute on padding; false = "
+        "consecutive inputs of the shuffled order up to batch_tokens real tokens; no effect with batch_size"
     )
     clip_grad_norm: float = Field(
         0.0, ge=0.0, description="gradient clipping max norm; 0 = off (RoBERTa, paper Table 9; BERT: 1.0)"
@@ -338,8 +339,6 @@ class RunConfig(ConfigSection):
                 f"{field}impl.devices = {devices} does not divide optim.batch_size = {per_update}; "
                 f"allowed: a batch size that is a multiple of {(micro or 1) * devices}"
             )
-        if self.optim.group_by_length and tokens is None:
-            raise ValueError("optim.group_by_length = true batches by a token budget; allowed: with optim.batch_tokens")
         parts = self.grad_accumulation() * devices
         if tokens is not None and tokens < parts * self.data.max_seq_length:
             raise ValueError(

@@ -33,7 +33,8 @@ def resolve_recipe(config: RunConfig) -> Recipe:
     accumulate, devices = config.grad_accumulation(), config.impl.devices
     micro_tokens = None if config.optim.batch_tokens is None else config.optim.batch_tokens // (accumulate * devices)
     budget = TrainBudget(max_steps=config.budget.max_steps, max_tokens=config.budget.max_tokens, accumulate=accumulate,
-                         devices=devices, micro_batch_tokens=micro_tokens, group_by_length=config.optim.group_by_length,
+                         devices=devices, micro_batch_tokens=micro_tokens,
+                         group_by_length=config.optim.group_by_length and micro_tokens is not None,  # by tokens only
                          sequences_per_update=None if micro_tokens else config.optim.batch_size)
     return Recipe(nsp=config.data.nsp, segment_embeddings=config.data.segment_embeddings,
                   micro_batch_size=config.impl.micro_batch_size or config.optim.batch_size // devices,

@@ -295,16 +295,16 @@ def test_profiler_writes_its_report_into_the_run_directory(shared_data, tmp_path
 
 
 def test_length_grouped_batches_cut_padding_and_keep_each_inputs_masks(shared_data, tmp_path, capsys):
-    """optim.group_by_length (fairseq's batch_by_size) through `harness inspect-data` and `pretrain`: DOC-SENTENCES
-    inputs of similar length share a micro-batch, so nearly every computed position is a real token, and each input
-    keeps the mask it has without grouping (masks are keyed by (seed, pass, index), not by the batch)."""
+    """optim.group_by_length (fairseq's batch_by_size; on by default with batch_tokens) through `harness inspect-data`
+    and `pretrain`: DOC-SENTENCES inputs of similar length share a micro-batch, so nearly every computed position is
+    a real token, and each input keeps the mask it has without grouping (masks are keyed by (seed, pass, index))."""
     tokens = ("data.packing=doc_sentences", "optim.batch_tokens=512")
-    _, plain = _inspect(shared_data, tmp_path / "plain", capsys, *tokens)
-    _, grouped = _inspect(shared_data, tmp_path / "grouped", capsys, *tokens, "optim.group_by_length=true")
+    _, plain = _inspect(shared_data, tmp_path / "plain", capsys, *tokens, "optim.group_by_length=false")
+    _, grouped = _inspect(shared_data, tmp_path / "grouped", capsys, *tokens)  # the default with batch_tokens
     masks = {(r["mask_key"], r["example_index"]): r["labels"] for r in plain}
     both = [r for r in grouped if (r["mask_key"], r["example_index"]) in masks]
     assert len(both) > 5 and all(masks[r["mask_key"], r["example_index"]] == r["labels"] for r in both)
-    metrics, curves = _run(shared_data, tmp_path / "run", *tokens, "optim.group_by_length=true", "budget.max_steps=12")
+    metrics, curves = _run(shared_data, tmp_path / "run", *tokens, "budget.max_steps=12")
     real, padded = curves["train/tokens_per_update"].dropna(), curves["train/padded_tokens_per_update"].dropna()
     assert (padded <= 512).all() and real.sum() / padded.sum() > 0.9
     assert metrics["steps"] == 12

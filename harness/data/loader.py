@@ -76,9 +76,6 @@ class EpochBatchSampler(Sampler[list[Key]]):
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def _batches(self) -> list[np.ndarray]:
         order = epoch_order(len(self.lengths), self.seed, self.epoch, self.shuffle)
         if self.max_tokens is not None:
