@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
             wall_rate, cpu_rate = clock.rates(args.warmup, tokens_per_step)
             wall[arm].append(wall_rate)
             cpu[arm].append(cpu_rate)
-            print(f"repeat {repeat + 1}/{args.repeats} {arm:15s} {wall_rate:9.0f} tokens/s "
+            print(f"repeat {repeat + 1}/{args.repeats} {arm:18s} {wall_rate:9.0f} tokens/s "
                   f"{cpu_rate:9.0f} tokens/CPU-s  load {os.getloadavg()[0]:.1f}", flush=True)
     report(args, data, {arm: statistics.median(v) for arm, v in wall.items()},
            {arm: statistics.median(v) for arm, v in cpu.items()})
@@ -318,17 +318,42 @@ def report(args: argparse.Namespace, data: BenchData, wall: dict[str, float], cp
           f"{torch.get_num_threads()} threads, median of {args.repeats} x {args.steps} updates")
     print(f"model FLOPs/token = 6N + 12*layers*hidden*seq = {model_flops / 1e6:.1f} MFLOP "
           f"(+ vocab projection 6*hidden*vocab = {vocab_flops / 1e6:.1f} MFLOP per predicted position)")
-    print(f"{'arm':15s} {'tokens/s':>9s} {'ratio':>6s} {'tokens/CPU-s':>12s} {'ratio':>6s} {'GFLOP/s':>8s} "
-          f"{'GFLOP/CPU-s':>11s} {'incl. vocab':>11s}   (ratios vs {baseline}; GFLOP = model FLOPs)")
+    ceilings = {dtype: matmul_ceiling(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    print(f"matmul ceiling on this machine ({torch.get_num_threads()} threads, 1024^3 matmuls): "
+          f"fp32 {ceilings[torch.float32]:.0f} GFLOP/s, bf16 {ceilings[torch.bfloat16]:.0f} GFLOP/s")
+    print(f"{'arm':18s} {'tokens/s':>9s} {'ratio':>6s} {'tokens/CPU-s':>12s} {'ratio':>6s} {'GFLOP/s':>8s} "
+          f"{'GFLOP/CPU-s':>11s} {'incl. vocab':>11s} {'of ceiling':>10s}   (ratios vs {baseline})")
     for arm, rate in wall.items():
         predicted = 1.0 if arm.startswith("hf") else mask_rate  # dense head: every position; sparse: masked ones
         wall_ratio = f"{rate / wall[baseline]:.2f}x" if baseline else "-"
         cpu_ratio = f"{cpu[arm] / cpu[baseline]:.2f}x" if baseline else "-"
         hardware_flops = model_flops + predicted * vocab_flops
-        print(f"{arm:15s} {rate:9.0f} {wall_ratio:>6s} {cpu[arm]:12.0f} {cpu_ratio:>6s} "
+        ceiling = ceilings[torch.bfloat16 if arm_uses_bf16(arm) else torch.float32]
+        print(f"{arm:18s} {rate:9.0f} {wall_ratio:>6s} {cpu[arm]:12.0f} {cpu_ratio:>6s} "
               f"{rate * model_flops / 1e9:8.2f} {cpu[arm] * model_flops / 1e9:11.2f} "
-              f"{cpu[arm] * hardware_flops / 1e9:11.2f}")
-    print("incl. vocab = GFLOP per CPU-second counting the vocabulary projection each arm actually computes")
+              f"{cpu[arm] * hardware_flops / 1e9:11.2f} {rate * hardware_flops / 1e9 / ceiling:>10.0%}")
+    print("GFLOP = model FLOPs; incl. vocab = per CPU-second, counting the vocabulary projection each arm computes; "
+          "of ceiling = wall-clock FLOPs actually computed / the matmul ceiling at the arm's precision")
+
+
+def arm_uses_bf16(arm: str) -> bool:
+    if arm == "ours-pretrain":  # impl.precision auto
+        from harness.train import cpu_has_fast_bf16
+
+        return cpu_has_fast_bf16()
+    return arm.endswith("-bf16")
+
+
+def matmul_ceiling(dtype: torch.dtype, size: int = 1024, seconds: float = 1.0) -> float:
+    """GFLOP/s of square matmuls at `dtype`: what the model's math could reach on this machine at best."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        runs += 1
+    return 2 * size**3 * runs / (time.perf_counter() - started) / 1e9
 
 
 if __name__ == "__main__":
