@@ -193,12 +193,12 @@ def training_plan(config: RunConfig, data: PretrainDataModule) -> TrainingPlan:
     budget = data.budget
     split = f"{budget.accumulate} micro-batch(es) x {budget.devices} device(s) of " + (
         f"{data.micro_batch_size} sequences" if data.micro_batch_tokens is None
+        else f"<= {data.micro_batch_tokens} padded positions, inputs of similar length" if budget.group_by_length
         else f"<= {data.micro_batch_tokens} real tokens")
-    train_lengths = data.train_examples.lengths()
     return TrainingPlan(updates=data.total_updates, accumulate=budget.accumulate, micro_batches=split,
                         rows_per_copy=data.rows_per_copy,
                         static_copies=data.static_copies if config.data.masking == "static" else None,
-                        expected_sequences=budget.expected_sequences(train_lengths, config.seed),
+                        expected_sequences=data.expected_sequences,
                         precision=resolve_precision(config.impl))
 
 

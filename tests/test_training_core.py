@@ -5,7 +5,6 @@ token budget, and a run directory that is only marked done once its model is com
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -111,7 +110,6 @@ def test_static_masks_shown_fewer_than_twice_warn_loudly(shared_data, tmp_path):
 def test_a_token_budget_becomes_the_updates_that_feed_that_many_real_tokens(shared_data, tmp_path, batching):
     metrics, curves = _run(shared_data, tmp_path, *batching, "budget.max_steps=null", "budget.max_tokens=4000")
     per_update = curves["train/tokens_per_update"].dropna().mean()
-    assert metrics["steps"] == math.ceil(4000 / per_update) or abs(metrics["tokens_seen"] - 4000) < per_update
     assert abs(metrics["tokens_seen"] - 4000) < 1.5 * per_update  # real tokens, not padded or nominal ones
     assert metrics["tokens_seen"] < metrics["nominal_tokens_per_update"] * metrics["steps"]
 

@@ -70,15 +70,16 @@ class TrainBudget:
                                       self.micro_batch_tokens)
         return float(np.mean([lengths[b].sum() for b in micro])) * self.accumulate * self.devices
 
-    def updates(self, lengths: np.ndarray, seed: int) -> int:
-        if self.max_steps is not None:
-            return self.max_steps
-        return max(1, math.ceil(self.max_tokens / self.tokens_per_update(lengths, seed)))
-
-    def expected_sequences(self, lengths: np.ndarray, seed: int) -> float:
+    def plan(self, lengths: np.ndarray, seed: int) -> tuple[int, float]:
+        """(updates, sequences the run will feed) for packed rows of these lengths; by tokens, the sequences are
+        estimated from the mean row length. Computed once per run: by tokens it batches a whole pass."""
+        if self.max_steps is not None and self.sequences_per_update is not None:
+            return self.max_steps, float(self.max_steps * self.sequences_per_update)
+        per_update = self.tokens_per_update(lengths, seed)
+        updates = self.max_steps or max(1, math.ceil(self.max_tokens / per_update))
         if self.sequences_per_update is not None:
-            return float(self.updates(lengths, seed) * self.sequences_per_update)
-        return self.updates(lengths, seed) * self.tokens_per_update(lengths, seed) / max(float(np.mean(lengths)), 1.0)
+            return updates, float(updates * self.sequences_per_update)
+        return updates, updates * per_update / max(float(np.mean(lengths)), 1.0)
 
 
 def auto_dupe_factor(expected_sequences: float, rows_per_copy: int) -> int:
@@ -201,7 +202,7 @@ class PretrainDataModule(pl.LightningDataModule):
         self.budget = budget
         self.train_examples: TrainExamples | None = None
         self.val_examples: ValidationExamples | None = None
-        self.static_copies = 1  # set by build(), with rows_per_copy and total_updates
+        self.static_copies = 1  # set by build(), with rows_per_copy, total_updates and expected_sequences
 
     # ---- building -------------------------------------------------------------------------------------
     def _plan(self, seed: int, copies: int) -> PackingPlan:
@@ -233,20 +234,19 @@ class PretrainDataModule(pl.LightningDataModule):
         _check_nsp_documents(self.nsp, len(documents), "train")
         first = self._pack("train", documents, self._plan(self.config.seed, 1))
         self.rows_per_copy = len(first)
-        self.total_updates = self.budget.updates(first.lengths(), self.config.seed)
-        self.static_copies = self._resolve_static_copies(first)
+        self.total_updates, self.expected_sequences = self.budget.plan(first.lengths(), self.config.seed)
+        self.static_copies = self._resolve_static_copies()
         redraw = self.config.data.static_mode == "redraw"
         plan = self._plan(self.config.seed, self.static_copies if redraw else 1)
         return first if plan.copies == 1 else self._pack("train", documents, plan)
 
-    def _resolve_static_copies(self, one_packing: PackedExamples) -> int:
+    def _resolve_static_copies(self) -> int:
         d = self.config.data
         if d.masking != "static":
             return 1
         if d.dupe_factor != "auto":
             return int(d.dupe_factor)
-        return auto_dupe_factor(self.budget.expected_sequences(one_packing.lengths(), self.config.seed),
-                                len(one_packing))
+        return auto_dupe_factor(self.expected_sequences, self.rows_per_copy)
 
     def _build_validation(self, documents: Any) -> PackedExamples:
         plan = self._plan(VALIDATION_PACKING_SEED, 1)  # validation packs the same way for every run
