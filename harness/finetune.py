@@ -7,7 +7,8 @@ and inter-quartile range.
 
 Layout: results_root/<experiment>/finetune/<checkpoint>__<task>__<study id>/
     summary.json                      aggregate over the grid, rewritten at the end of each call
-    lr<lr>__seed<seed>/config.json    resolved settings, written first; env.json beside it (harness.runs)
+    lr<lr>__seed<seed>/config.json    resolved settings, written first; env.json beside it (the run-record
+                                      protocol of harness.runs: done / resume / refuse, failed.json)
     lr<lr>__seed<seed>/logs/          CSVLogger curves (a resumed trial adds a version folder)
     lr<lr>__seed<seed>/final_metrics.json  final dev metrics, written atomically last: marks the trial done
 The study id hashes the checkpoint's content, the task spec and every setting that changes a score, but
@@ -18,12 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import shutil
-import sys
 import time
 import warnings
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,13 +33,11 @@ from harness.config import ConfigError, ConfigSection, apply_overrides, format_v
 from harness.paths import atomic_write_text
 from harness.runs import (
     CHECKPOINT_DIR,
-    ENV_FILE,
     LAST_CHECKPOINT,
-    RunDirError,
-    git_state,
-    hardware,
+    TRIAL_CONFIG_FILE,
+    environment,
     is_done,
-    package_versions,
+    open_record,
     read_final_metrics,
     write_final_metrics,
 )
@@ -58,6 +55,9 @@ class FinetuneImpl(ConfigSection):
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; null = torch default")
     keep_checkpoints: bool = Field(False, description="keep a finished trial's last.ckpt (kept only to resume)")
     log_every_steps: int = Field(10, ge=1, description="log training loss every N updates")
+    wandb_mode: Literal["offline", "online", "disabled"] = Field(
+        "disabled", description="also log each trial to Weights & Biases (a sweep sets it from the run's logging)")
+    wandb_project: str = Field("harness", description="wandb project name")
 
 
 class FinetuneConfig(ConfigSection):
@@ -109,28 +109,54 @@ def finetune(checkpoint: Path, task: str, data_dir: str | Path | None, settings:
              results_root: Path) -> dict[str, Any]:
     """Run (or finish) the lr x seed grid and return the summary that is also written to summary.json."""
     from harness.downstream.encode import checkpoint_fingerprint, open_checkpoint
-    from harness.downstream.prepare import prepare_task_data
 
     spec = get_task(task)
     ckpt = open_checkpoint(checkpoint)
     fingerprint = checkpoint_fingerprint(ckpt.path)
-    study_dir = Path(results_root) / settings.experiment / "finetune" / study_name(ckpt.path, spec, settings,
-                                                                                   fingerprint)
+    study_dir = finetune_study_dir(results_root, ckpt.path, spec, settings, fingerprint)
     data = None
     trials: list[dict[str, Any]] = []
     for lr in settings.learning_rates:
         for seed in settings.seeds:
-            trial_dir = study_dir / f"lr{lr:g}__seed{seed}"
-            if not is_done(trial_dir) and data is None:  # load and encode only if needed
-                data = prepare_task_data(spec, ckpt, data_dir, max_seq_length=settings.max_seq_length,
-                                         train_subsample=settings.train_subsample,
-                                         subsample_seed=settings.subsample_seed, doc_stride=settings.doc_stride,
-                                         n_best=settings.n_best, max_answer_length=settings.max_answer_length)
+            trial_dir = study_dir / trial_name(lr, seed)
+            if not is_done(trial_dir) and data is None:  # load and encode only if needed, once for the grid
+                data = _prepare(spec, ckpt, data_dir, settings)
             trials.append(_trial(trial_dir, spec, ckpt, fingerprint, data, settings, lr, seed))
     summary = summarize(spec, trials, settings)
     summary.update(checkpoint=str(ckpt.path), checkpoint_fingerprint=fingerprint, study_dir=str(study_dir))
     atomic_write_text(study_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def finetune_trial(checkpoint: Path, task: str, data_dir: str | Path | None, settings: FinetuneConfig,
+                   results_root: Path, lr: float, seed: int, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """One trial of the grid (what a sweep job runs): returned untouched when done, else run or resumed into
+    `trial_path(...)`. `callbacks` are extra Lightning callbacks (e.g. a progress reporter)."""
+    from harness.downstream.encode import checkpoint_fingerprint, open_checkpoint
+
+    spec = get_task(task)
+    ckpt = open_checkpoint(checkpoint)
+    fingerprint = checkpoint_fingerprint(ckpt.path)
+    trial_dir = finetune_study_dir(results_root, ckpt.path, spec, settings, fingerprint) / trial_name(lr, seed)
+    data = None if is_done(trial_dir) else _prepare(spec, ckpt, data_dir, settings)
+    return _trial(trial_dir, spec, ckpt, fingerprint, data, settings, lr, seed, callbacks)
+
+
+def trial_path(results_root: str | Path, checkpoint: Path, task: str, settings: FinetuneConfig, lr: float,
+               seed: int, fingerprint: str) -> Path:
+    """Where a trial lives, without loading the checkpoint (the sweep plans with it); `fingerprint` is
+    harness.downstream.encode.checkpoint_fingerprint(checkpoint)."""
+    study = finetune_study_dir(results_root, Path(checkpoint).expanduser(), get_task(task), settings, fingerprint)
+    return study / trial_name(lr, seed)
+
+
+def trial_name(lr: float, seed: int) -> str:
+    return f"lr{lr:g}__seed{seed}"
+
+
+def finetune_study_dir(results_root: str | Path, checkpoint: Path, spec: TaskSpec, settings: FinetuneConfig,
+                       fingerprint: str) -> Path:
+    return Path(results_root) / settings.experiment / "finetune" / study_name(checkpoint, spec, settings, fingerprint)
 
 
 def study_name(checkpoint: Path, spec: TaskSpec, settings: FinetuneConfig, fingerprint: str) -> str:
@@ -139,21 +165,32 @@ def study_name(checkpoint: Path, spec: TaskSpec, settings: FinetuneConfig, finge
     return f"{checkpoint.name}__{spec.name}__{digest}"
 
 
+def _prepare(spec: TaskSpec, ckpt: Any, data_dir: str | Path | None, settings: FinetuneConfig) -> Any:
+    from harness.downstream.prepare import prepare_task_data
+
+    return prepare_task_data(spec, ckpt, data_dir, max_seq_length=settings.max_seq_length,
+                             train_subsample=settings.train_subsample, subsample_seed=settings.subsample_seed,
+                             doc_stride=settings.doc_stride, n_best=settings.n_best,
+                             max_answer_length=settings.max_answer_length)
+
+
 def _trial(trial_dir: Path, spec: TaskSpec, ckpt: Any, fingerprint: str, data: Any, settings: FinetuneConfig,
-           lr: float, seed: int) -> dict[str, Any]:
-    if is_done(trial_dir):  # finished: skipped, never overwritten
+           lr: float, seed: int, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    if is_done(trial_dir):  # finished: skipped, never overwritten (and its data never loaded)
         return read_final_metrics(trial_dir)
     config = {"task": spec.to_dict(), "checkpoint": {"path": str(ckpt.path), "fingerprint": fingerprint},
               "settings": settings.model_dump(mode="json"), "learning_rate": lr, "seed": seed,
               "resolved": {"max_seq_length": data.max_seq_length, "doc_stride": data.doc_stride,
                            "train_examples": data.train_examples, "train_features": len(data.train),
                            "dev_examples": data.dev_examples, "train_subsample": settings.train_subsample}}
-    _write_or_check_config(trial_dir / "config.json", config)
-    _record_environment(trial_dir / ENV_FILE, seed)
+    # The run-record protocol of harness.runs: an interrupted trial resumes only under the same outcome.
+    open_record(trial_dir, TRIAL_CONFIG_FILE, json.dumps(config, indent=2) + "\n", _trial_outcome(config),
+                lambda path: _trial_outcome(json.loads(path.read_text(encoding="utf-8"))),
+                lambda: environment({"seed": seed, "learning_rate": lr, "task": spec.name}))
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        result = run_trial(trial_dir, spec, ckpt, data, settings, lr, seed)
+        result = run_trial(trial_dir, spec, ckpt, data, settings, lr, seed, callbacks)
     result.update(learning_rate=lr, seed=seed, train_examples=data.train_examples,
                   train_subsample=settings.train_subsample, wall_s=round(time.perf_counter() - started, 2))
     write_final_metrics(trial_dir, result)
@@ -162,33 +199,15 @@ def _trial(trial_dir: Path, spec: TaskSpec, ckpt: Any, fingerprint: str, data: A
     return result
 
 
-def _record_environment(path: Path, seed: int) -> None:
-    """First launch: the environment; a relaunch (resume) may run elsewhere, so it is added, not swapped in."""
-    record = environment(seed)
-    if path.is_file():
-        first = json.loads(path.read_text(encoding="utf-8"))
-        record = {**first, "resumes": [*first.get("resumes", []), record]}
-    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
-
-
-def _write_or_check_config(path: Path, config: dict[str, Any]) -> None:
-    """An interrupted trial resumes only under the same outcome settings; anything else is refused loudly."""
-    config = json.loads(json.dumps(config))  # compare as stored: tuples become lists
-    if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        for key in ("task", "learning_rate", "seed", "resolved"):
-            if old.get(key) != config[key]:
-                raise RunDirError(f"{path.parent}: an unfinished trial with a different '{key}' is in the way; "
-                                  "delete the folder to start it over")
-        old_settings = {k: v for k, v in old.get("settings", {}).items() if k != "impl"}
-        if old_settings != {k: v for k, v in config["settings"].items() if k != "impl"}:
-            raise RunDirError(f"{path.parent}: an unfinished trial with different settings is in the way; "
-                              "delete the folder to start it over")
-    atomic_write_text(path, json.dumps(config, indent=2) + "\n")
+def _trial_outcome(config: dict[str, Any]) -> dict[str, Any]:
+    """What a trial's score depends on (the grid lists, impl and the checkpoint's path do not)."""
+    settings = FinetuneConfig.model_validate(config["settings"]).outcome()
+    return {"task": config["task"], "learning_rate": config["learning_rate"], "seed": config["seed"],
+            "resolved": config["resolved"], "settings": settings}
 
 
 def run_trial(trial_dir: Path, spec: TaskSpec, ckpt: Any, data: Any, settings: FinetuneConfig, lr: float,
-              seed: int) -> dict[str, Any]:
+              seed: int, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """One fine-tuning run under a Lightning Trainer; resumes from checkpoints/last.ckpt if a previous run of this
     trial was interrupted. Returns the final dev metrics."""
     import pytorch_lightning as pl
@@ -213,9 +232,13 @@ def run_trial(trial_dir: Path, spec: TaskSpec, ckpt: Any, data: Any, settings: F
     dev = loader(data.dev, settings.impl.eval_batch_size, shuffle=False)
     last = trial_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     trainer = _trainer(trial_dir, settings)
-    trainer.fit(module, train, dev, ckpt_path=last if last.is_file() else None)
-    if not module.dev_history or module.dev_history[-1][0] != trainer.global_step:
-        trainer.validate(module, dev, verbose=False)  # training stopped between dev passes (max_steps)
+    trainer.callbacks.extend(callbacks)
+    try:
+        trainer.fit(module, train, dev, ckpt_path=last if last.is_file() else None)
+        if not module.dev_history or module.dev_history[-1][0] != trainer.global_step:
+            trainer.validate(module, dev, verbose=False)  # training stopped between dev passes (max_steps)
+    finally:
+        _finish_wandb(trainer)
     step, metrics = module.dev_history[-1]
     return {"dev": metrics, "score": metrics["score"], "global_step": step, "epochs": trainer.current_epoch,
             "dev_history": [{"step": s, **m} for s, m in module.dev_history]}
@@ -224,24 +247,37 @@ def run_trial(trial_dir: Path, spec: TaskSpec, ckpt: Any, data: Any, settings: F
 def _trainer(trial_dir: Path, settings: FinetuneConfig) -> Any:
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
-    from pytorch_lightning.loggers import CSVLogger
-
     # One rolling checkpoint per epoch, kept only so an interrupted trial can resume.
     checkpoint = ModelCheckpoint(trial_dir / CHECKPOINT_DIR, filename=LAST_CHECKPOINT.removesuffix(".ckpt"),
                                  save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True)
     return pl.Trainer(
         default_root_dir=trial_dir, max_epochs=settings.epochs, max_steps=settings.max_steps or -1,
         accelerator=settings.impl.accelerator, devices=1, precision=settings.impl.precision,
-        gradient_clip_val=settings.clip_grad_norm or None, logger=CSVLogger(trial_dir, name="logs"),
+        gradient_clip_val=settings.clip_grad_norm or None, logger=_loggers(trial_dir, settings),
         callbacks=[checkpoint], log_every_n_steps=settings.impl.log_every_steps, num_sanity_val_steps=0,
         enable_progress_bar=False, enable_model_summary=False)
 
 
-def environment(seed: int) -> dict[str, Any]:
-    """What produced a trial besides its config (the same record as a pre-training run's env.json)."""
-    return {"seed": seed, "time_utc": datetime.now(UTC).isoformat(timespec="seconds"), "git": git_state(),
-            "packages": package_versions(), "python": sys.version.split()[0],
-            "platform": platform.platform(), "hardware": hardware(), "argv": sys.argv}
+def _loggers(trial_dir: Path, settings: FinetuneConfig) -> list[Any]:
+    from pytorch_lightning.loggers import CSVLogger
+
+    loggers: list[Any] = [CSVLogger(trial_dir, name="logs")]
+    if settings.impl.wandb_mode != "disabled":
+        from pytorch_lightning.loggers import WandbLogger
+
+        # group and job type come from WANDB_RUN_GROUP / WANDB_JOB_TYPE (set per job by the sweep's worker)
+        name = f"{trial_dir.parent.name}/{trial_dir.name}"
+        loggers.append(WandbLogger(project=settings.impl.wandb_project, name=name, save_dir=str(trial_dir),
+                                   offline=settings.impl.wandb_mode == "offline",
+                                   config=json.loads(json.dumps(settings.model_dump(mode="json")))))
+    return loggers
+
+
+def _finish_wandb(trainer: Any) -> None:
+    """Lightning leaves a wandb run open for reuse; the next trial in this process would log into it."""
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger" and logger._experiment is not None:
+            logger.experiment.finish()
 
 
 def spread(scores: list[float]) -> dict[str, Any]:

@@ -1,13 +1,16 @@
-"""The run directory: the unit of record.
+"""The run record: one protocol for pre-training runs and fine-tuning trials alike.
 
-    results/<experiment>/runs/<run-name>__<run-id>/
-        config.yaml          the resolved config, written first and never rewritten
-        env.json             git commit, package versions, machine, seed, run id (+ one entry per resume)
-        checkpoints/last.ckpt  the Lightning checkpoint a half-finished run resumes from
-        final_metrics.json   written atomically last; its presence means the run is done
+    results/<experiment>/runs/<run-name>__<run-id>/          a pre-training run (config.yaml)
+    results/<experiment>/finetune/<study>/lr<lr>__seed<seed>/  a fine-tuning trial (config.json)
+        config.*             the resolved config, written first and never rewritten
+        env.json             git commit, package versions, machine, seed (+ one entry per relaunch)
+        checkpoints/last.ckpt  the Lightning checkpoint a half-finished record resumes from
+        failed.json          why the last launch failed (message, traceback); removed when it is launched again
+        final_metrics.json   written atomically last; its presence means the record is done
 
-Tables and figures are rebuilt from these directories. A finished run is never touched again, a
-half-finished one resumes, and a directory whose config.yaml describes a different experiment is refused.
+`open_record` is the protocol: create, return a finished record untouched, resume a half-finished one, refuse a
+directory holding another config (naming the first differing outcome field). `record_status` reads a directory
+as new / partial / failed / done. Tables and figures are rebuilt from these directories, never appended to.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -27,6 +31,9 @@ from harness.config import OUTCOME_SECTIONS, HarnessError, RunConfig, dump_yaml,
 from harness.paths import atomic_write_text
 
 CONFIG_FILE = "config.yaml"
+TRIAL_CONFIG_FILE = "config.json"  # fine-tuning trials: settings, task and resolved data figures
+RECORD_CONFIG_FILES = (CONFIG_FILE, TRIAL_CONFIG_FILE)
+FAILED_FILE = "failed.json"
 ENV_FILE = "env.json"
 FINAL_METRICS_FILE = "final_metrics.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -34,7 +41,8 @@ LAST_CHECKPOINT = "last.ckpt"
 RECORDED_PACKAGES = ("torch", "transformers", "pytorch-lightning", "tokenizers", "datasets", "torchmetrics",
                      "wandb", "pysbd", "seqeval", "harness")
 
-RunStatus = Literal["new", "resumable", "done"]
+RunStatus = Literal["new", "resumable", "done"]  # what a launch should do with a record
+RecordStatus = Literal["new", "partial", "done", "failed"]  # what a sweep sees in a job's directory
 
 
 class RunDirError(HarnessError):
@@ -88,45 +96,83 @@ def prepare_run_dir(config: RunConfig, results_root: str | Path) -> RunDir:
     (speed-only `impl` and `logging` may differ); a done run is returned untouched with status 'done'.
     """
     path = run_dir(results_root, config)
-    config_path = path / CONFIG_FILE
-    if not config_path.is_file():
-        _refuse_unknown_contents(path)
-        atomic_write_text(config_path, dump_yaml(config))
-        atomic_write_text(path / ENV_FILE, _to_json({**environment_record(config), "resumes": []}))
-        return RunDir(path, "new")
-    _check_same_experiment(config, config_path)
-    if is_done(path):
-        return RunDir(path, "done")
-    status: RunStatus = "resumable" if (path / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file() else "new"
-    _record_relaunch(path / ENV_FILE, config, status)
+    status = open_record(path, CONFIG_FILE, dump_yaml(config), _outcome_of(to_dict(config)), _stored_run_outcome,
+                         lambda: environment_record(config))
     return RunDir(path, status)
 
 
-def _refuse_unknown_contents(path: Path) -> None:
-    # config.yaml is written atomically first, so a directory with files but no config is not one of ours.
-    if path.is_dir() and any(path.iterdir()):
-        raise RunDirError(f"run directory {path} has files but no {CONFIG_FILE}; move it away or delete it")
+def _outcome_of(config: dict[str, Any]) -> dict[str, Any]:
+    return {section: config[section] for section in OUTCOME_SECTIONS}
 
 
-def _check_same_experiment(config: RunConfig, config_path: Path) -> None:
+def _stored_run_outcome(config_path: Path) -> dict[str, Any]:
+    # Validated and re-dumped, so a field added since (with its default) is not a difference.
+    return _outcome_of(to_dict(from_dict(read_yaml(config_path))))
+
+
+# ---- the record protocol, shared by pre-training runs and fine-tuning trials -----------------------------------
+def record_status(path: str | Path) -> RecordStatus:
+    """new: nothing there; partial: started (a relaunch resumes it); failed: its last launch raised or was killed
+    (failed.json); done: final_metrics.json exists. Costs a few stat calls: the sweep asks it of every job."""
+    path = Path(path)
+    if (path / FINAL_METRICS_FILE).is_file():
+        return "done"
+    if (path / FAILED_FILE).is_file():
+        return "failed"
+    return "partial" if any((path / name).is_file() for name in RECORD_CONFIG_FILES) else "new"
+
+
+def open_record(path: Path, config_file: str, config_text: str, outcome: dict[str, Any],
+                stored_outcome: Callable[[Path], dict[str, Any]],
+                environment: Callable[[], dict[str, Any]]) -> RunStatus:
+    """The one create / done / resume / refuse protocol.
+
+    - no `config_file` yet: write it (first, atomically), then env.json -> 'new';
+    - a config whose outcome fields (`stored_outcome(config path)`) differ from `outcome` -> RunDirError naming
+      the first differing field; a config that cannot be read -> RunDirError;
+    - final_metrics.json present -> 'done', untouched;
+    - otherwise a relaunch: its environment is appended to env.json -> 'resumable' when checkpoints/last.ckpt
+      exists, else 'new'.
+    `environment` is called only after the config is on disk: a failing probe never leaves a nameless directory.
+    """
+    config_path = path / config_file
+    if not config_path.is_file():
+        _refuse_unknown_contents(path, config_file)
+        atomic_write_text(config_path, config_text)
+        atomic_write_text(path / ENV_FILE, _to_json({**environment(), "resumes": []}))
+        return "new"
     try:
-        stored = to_dict(from_dict(read_yaml(config_path)))
-    except HarnessError as err:
-        raise RunDirError(f"{config_path} is not a valid run config ({err}); move the run directory away") from None
-    wanted = to_dict(config)
-    for section in OUTCOME_SECTIONS:
-        field = _first_difference(stored[section], wanted[section], section)
-        if field is not None:
-            raise RunDirError(
-                f"run directory {config_path.parent} holds a different config ({field}: "
-                f"{_lookup(stored, field)!r} there, {_lookup(wanted, field)!r} now); refusing to mix two experiments"
-            )
+        stored = stored_outcome(config_path)
+    except (HarnessError, ValueError, KeyError) as err:
+        raise RunDirError(f"{config_path} is not a valid record ({err}); move the directory away") from None
+    _refuse_other_config(path, stored, json.loads(json.dumps(outcome)))  # compare as stored: tuples -> lists
+    if is_done(path):
+        return "done"
+    status: RunStatus = "resumable" if (path / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file() else "new"
+    _record_relaunch(path / ENV_FILE, environment, status)
+    return status
+
+
+def _refuse_unknown_contents(path: Path, config_file: str) -> None:
+    # The config is written atomically first, so a directory with files but no config is not one of ours
+    # (failed.json aside: a job may fail before its config is known, e.g. while loading its data).
+    if path.is_dir() and any(p.name != FAILED_FILE for p in path.iterdir()):
+        raise RunDirError(f"run directory {path} has files but no {config_file}; move it away or delete it")
+
+
+def _refuse_other_config(path: Path, stored: dict[str, Any], wanted: dict[str, Any]) -> None:
+    field = _first_difference(stored, wanted, "")
+    if field is not None:
+        raise RunDirError(
+            f"run directory {path} holds a different config ({field}: {_lookup(stored, field)!r} there, "
+            f"{_lookup(wanted, field)!r} now); refusing to mix two experiments"
+        )
 
 
 def _first_difference(stored: Any, wanted: Any, prefix: str) -> str | None:
     if isinstance(stored, dict) and isinstance(wanted, dict):
         for key in sorted(set(stored) | set(wanted)):
-            found = _first_difference(stored.get(key), wanted.get(key), f"{prefix}.{key}")
+            found = _first_difference(stored.get(key), wanted.get(key), f"{prefix}.{key}" if prefix else key)
             if found is not None:
                 return found
         return None
@@ -140,14 +186,40 @@ def _lookup(data: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def _record_relaunch(env_path: Path, config: RunConfig, status: RunStatus) -> None:
+def _record_relaunch(env_path: Path, environment: Callable[[], dict[str, Any]], status: RunStatus) -> None:
     """A relaunch may run on another machine or library version: keep its environment beside the first one."""
+    current = environment()
     try:
         record = json.loads(env_path.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
-        record = {**environment_record(config), "resumes": []}
-    record.setdefault("resumes", []).append({**environment_record(config), "status": status})
+        record = {**current, "resumes": []}
+    record.setdefault("resumes", []).append({**current, "status": status})
     atomic_write_text(env_path, _to_json(record))
+
+
+def write_failure(path: str | Path, error: BaseException | str, traceback_text: str | None = None) -> Path:
+    """failed.json: why the last launch of a job did not finish (message, traceback, when, command). Never written
+    into a finished record; removed by `clear_failure` when the job is launched again."""
+    path = Path(path)
+    if is_done(path):
+        raise RunDirError(f"run {path} is done; a failure is not recorded over {FINAL_METRICS_FILE}")
+    message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    record = {"error": " ".join(message.split()) or "unknown error", "traceback": traceback_text,
+              "time_utc": datetime.now(UTC).isoformat(timespec="seconds"), "argv": sys.argv,
+              "hostname": platform.node()}
+    atomic_write_text(path / FAILED_FILE, _to_json(record))
+    return path / FAILED_FILE
+
+
+def read_failure(path: str | Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(path) / FAILED_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def clear_failure(path: str | Path) -> None:
+    (Path(path) / FAILED_FILE).unlink(missing_ok=True)
 
 
 def write_final_metrics(run: RunDir | str | Path, metrics: dict[str, Any]) -> Path:
@@ -180,10 +252,14 @@ def _json_scalar(value: Any) -> Any:
 
 # ---- environment record -------------------------------------------------------------------------------------
 def environment_record(config: RunConfig) -> dict[str, Any]:
+    """A pre-training run's environment: its identity and `environment()`."""
+    return environment({"run_id": config.run_id(), "run_name": config.run_name(), "seed": config.seed})
+
+
+def environment(identity: dict[str, Any]) -> dict[str, Any]:
+    """What produced a record besides its config: `identity` plus time, git state, packages, machine, command."""
     return {
-        "run_id": config.run_id(),
-        "run_name": config.run_name(),
-        "seed": config.seed,
+        **identity,
         "time_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "git": git_state(),
         "packages": package_versions(),

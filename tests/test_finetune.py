@@ -261,7 +261,7 @@ def test_an_interrupted_trial_resumes_from_its_last_checkpoint(roberta, shared_d
     tampered["resolved"]["train_examples"] = 7
     (trial / "config.json").write_text(json.dumps(tampered))
     monkeypatch.setattr(module, "_trainer", original)
-    with pytest.raises(HarnessError, match="different 'resolved'"):
+    with pytest.raises(HarnessError, match="resolved.train_examples: 7 there, 128 now"):
         finetune(roberta, "wnli", shared_data, settings, tmp_path)
     (trial / "config.json").write_text(json.dumps(config))
 
