@@ -86,14 +86,88 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_quickstart(args: argparse.Namespace) -> int:
-    """Run a study file: pre-train every arm, fine-tune each, print the comparison table."""
-    from harness.study import format_table, load_study, run_study
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Expand a grid file into jobs, print the plan, run what is missing, print the table and the failures."""
+    from harness.study import sweep
 
-    study = load_study(args.study, args.overrides)
-    rows = run_study(study, args.data_dir, args.results)
-    print(format_table(rows))
-    return 0
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks is not None else None
+    result = sweep(args.grid, scale=args.scale, results=args.results, data_dir=args.data_dir,
+                   overrides=args.overrides, tasks=tasks, workers=args.workers, dry_run=args.dry_run, only=args.only,
+                   max_jobs=args.max_jobs, retry_failed=args.retry_failed)
+    return result.exit_status
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    """`harness sweep experiments/quickstart.yaml`, kept as a shortcut."""
+    return cmd_sweep(args)
+
+
+def _finetune_args(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--checkpoint", type=Path, required=True,
+                         help="a save_pretrained directory with its tokenizer (e.g. a run's model/)")
+    command.add_argument("--task", required=True, help="task name, e.g. sst2, mnli, squad_v2, conll2003")
+    command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a fine-tuning setting, e.g. --set learning_rates=[3e-5] (repeatable)")
+    command.add_argument("--data-dir", type=Path, default=None,
+                         help="root holding glue/<TASK>/, squad/, ner/ (default: $HARNESS_DATA_DIR)")
+    command.add_argument("--results", type=Path, default=Path("results"), help="results root folder")
+
+
+def _sweep_args(command: argparse.ArgumentParser, grid: Path | None = None) -> None:
+    if grid is None:
+        command.add_argument("grid", type=Path, help="grid file (see experiments/ and the README)")
+    else:
+        command.add_argument("--grid", type=Path, default=grid, help=f"grid file (default: {grid})")
+    command.add_argument("--scale", help="a scale the grid file defines (e.g. quick, cpu, paper)")
+    command.add_argument("--results", type=Path, default=Path("results"), help="results root folder")
+    command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override one field of every pre-training run (repeatable)")
+    command.add_argument("--tasks", metavar="A,B", help="fine-tune on these tasks instead of the file's")
+    command.add_argument("--data-dir", type=Path, default=None,
+                         help="root for relative corpus and task paths (default: $HARNESS_DATA_DIR)")
+    command.add_argument("--workers", type=int, default=1,
+                         help="jobs in parallel on this machine; the cores are split between them")
+    command.add_argument("--only", metavar="PATTERN", help="run only jobs whose name matches this glob "
+                         "(e.g. 'pretrain/*', '*/sst2/*'), with the pre-training runs they need")
+    command.add_argument("--max-jobs", type=int, help="run at most N jobs, then stop")
+    command.add_argument("--dry-run", action="store_true", help="print the plan and the jobs to run; run nothing")
+    command.add_argument("--retry-failed", action="store_true", help="run failed jobs again")
+
+
+def _inspect_args(command: argparse.ArgumentParser) -> None:
+    _add_config_args(command)
+    command.add_argument("--batches", type=int, default=4, help="batches per epoch to write")
+    command.add_argument("--epochs", type=int, default=1, help="epochs to write (masks differ by epoch)")
+    command.add_argument("--out", type=Path, default=Path("batches.jsonl"), help="JSON lines output file")
+    command.add_argument("--show", type=int, default=3, help="examples to print decoded")
+
+
+def _config_only_args(command: argparse.ArgumentParser) -> None:
+    _add_config_args(command, data=False)
+    command.add_argument("--plain", action="store_true", help="omit the help comments")
+
+
+def _pretrain_args(command: argparse.ArgumentParser) -> None:
+    _add_config_args(command)
+    command.add_argument("--results", type=Path, default=Path("results"), help="results root folder")
+
+
+Command = tuple[str, Callable[[argparse.Namespace], int], str, Callable[[argparse.ArgumentParser], None]]
+COMMANDS: list[Command] = [
+    ("config", cmd_config, "print the complete run config (every field with its help) as YAML", _config_only_args),
+    ("tokenizer", cmd_tokenizer, "train (or load from cache) the tokenizer a config asks for", _add_config_args),
+    ("corpus", cmd_corpus, "load, segment, tokenize and cache a corpus; print statistics", _add_config_args),
+    ("inspect-data", cmd_inspect_data, "write the exact training batches as JSON lines, show and measure them",
+     _inspect_args),
+    ("pretrain", cmd_pretrain, "pre-train one run into results/<experiment>/runs/ (resumes if interrupted)",
+     _pretrain_args),
+    ("finetune", cmd_finetune, "fine-tune a checkpoint on a task over the lr x seed grid (paper protocol)",
+     _finetune_args),
+    ("sweep", cmd_sweep, "run a grid file: pre-train and fine-tune every job that is missing, print the table",
+     _sweep_args),
+    ("quickstart", cmd_quickstart, "the quickstart study: harness sweep experiments/quickstart.yaml",
+     lambda command: _sweep_args(command, grid=Path("experiments/quickstart.yaml"))),
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,44 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
         "batch size, tokenizer) with Lightning.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands: list[tuple[str, Callable[[argparse.Namespace], int], str]] = [
-        ("config", cmd_config, "print the complete run config (every field with its help) as YAML"),
-        ("tokenizer", cmd_tokenizer, "train (or load from cache) the tokenizer a config asks for"),
-        ("corpus", cmd_corpus, "load, segment, tokenize and cache a corpus; print statistics"),
-        ("inspect-data", cmd_inspect_data, "write the exact training batches as JSON lines, show and measure them"),
-        ("pretrain", cmd_pretrain, "pre-train one run into results/<experiment>/runs/ (resumes if interrupted)"),
-        ("finetune", cmd_finetune, "fine-tune a checkpoint on a task over the lr x seed grid (paper protocol)"),
-        ("quickstart", cmd_quickstart, "run a study (default: the quickstart): pre-train arms, fine-tune, compare"),
-    ]
-    for name, func, help_text in commands:
+    for name, func, help_text, add_args in COMMANDS:
         command = sub.add_parser(name, help=help_text, description=help_text)
-        if name == "finetune":
-            command.add_argument("--checkpoint", type=Path, required=True,
-                                 help="a save_pretrained directory with its tokenizer (e.g. a run's model/)")
-            command.add_argument("--task", required=True, help="task name, e.g. sst2, mnli, squad_v2, conll2003")
-            command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                                 help="override a fine-tuning setting, e.g. --set learning_rates=[3e-5] (repeatable)")
-            command.add_argument("--data-dir", type=Path, default=None,
-                                 help="root holding glue/<TASK>/, squad/, ner/ (default: $HARNESS_DATA_DIR)")
-            command.add_argument("--results", type=Path, default=Path("results"), help="results root folder")
-        elif name == "quickstart":
-            command.add_argument("--study", type=Path, default=Path("experiments/quickstart.study.yaml"),
-                                 help="study file: a base config, named arms, fine-tuning settings")
-            command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                                 help="override one field in every arm (repeatable)")
-            command.add_argument("--data-dir", type=Path, default=None,
-                                 help="root for relative data paths (default: $HARNESS_DATA_DIR)")
-        else:
-            _add_config_args(command, data=name != "config")
-        if name == "config":
-            command.add_argument("--plain", action="store_true", help="omit the help comments")
-        if name == "inspect-data":
-            command.add_argument("--batches", type=int, default=4, help="batches per epoch to write")
-            command.add_argument("--epochs", type=int, default=1, help="epochs to write (masks differ by epoch)")
-            command.add_argument("--out", type=Path, default=Path("batches.jsonl"), help="JSON lines output file")
-            command.add_argument("--show", type=int, default=3, help="examples to print decoded")
-        if name in ("pretrain", "quickstart"):
-            command.add_argument("--results", type=Path, default=Path("results"), help="results root folder")
+        add_args(command)
         command.set_defaults(func=func)
     return parser
 

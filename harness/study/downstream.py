@@ -1,0 +1,85 @@
+"""A grid's downstream tasks: each task's fine-tuning settings, and the check that every task's data and every
+pre-training corpus is there, both before any work starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from harness.config import ConfigError, HarnessError, format_validation_error, set_dotted
+from harness.paths import data_root, resolve_data_path
+from harness.tasks import TASKS
+
+if TYPE_CHECKING:
+    from harness.study.grid import GridFile, PretrainRun, TaskPlan
+
+GRID_OWNED = {"learning_rates": "nuisance.finetune.learning_rate (or tasks.<task>.learning_rates)",
+              "seeds": "seeds.finetune (or tasks.<task>.seeds)", "experiment": "the grid's name"}
+
+
+def task_plans(spec: GridFile, path: Path, experiment: str, only: list[str] | None) -> dict[str, TaskPlan]:
+    """Settings per task: FinetuneConfig defaults < `finetune:` < the grid's lr nuisance and seeds < the task's
+    own settings. `only` (--tasks) replaces the file's list; a task the file names keeps its settings."""
+    from harness.finetune import FinetuneConfig
+    from harness.study.grid import FINETUNE_LR, TaskPlan, grid_error
+
+    for key in spec.finetune:
+        if key in GRID_OWNED:
+            raise grid_error(path, f"finetune.{key}", f"set by {GRID_OWNED[key]}, not here")
+    grid_lrs = {"learning_rates": spec.nuisance[FINETUNE_LR]} if FINETUNE_LR in spec.nuisance else {}
+    plans = {}
+    for name in only if only is not None else list(spec.tasks):
+        key = f"tasks.{name}" if only is None else f"--tasks {name}"
+        if name not in TASKS:
+            raise grid_error(path, key, f"unknown task '{name}'; allowed: {', '.join(TASKS)}")
+        own = spec.tasks.get(name) or {}
+        if "experiment" in own:
+            raise grid_error(path, f"{key}.experiment", f"set by {GRID_OWNED['experiment']}, not here")
+        layers = {**spec.finetune, "seeds": spec.seeds.finetune, **grid_lrs, **own, "experiment": experiment}
+        data: dict[str, Any] = {}
+        try:
+            for field, value in layers.items():
+                set_dotted(data, field, value)
+            settings = FinetuneConfig.model_validate(data)
+        except ValidationError as err:
+            raise grid_error(path, key, format_validation_error(err)) from None
+        except ConfigError as err:
+            raise grid_error(path, key, str(err)) from None
+        plans[name] = TaskPlan(name=name, settings=settings)
+    return plans
+
+
+def check_data(path: Path, runs: list[PretrainRun], plans: dict[str, TaskPlan], data_dir: str | Path | None) -> None:
+    """Every local corpus of the runs and every task's files must be there (or the task on a reachable hub)."""
+    from harness.study.grid import grid_error
+
+    for corpus in sorted({run.config.corpus.path for run in runs if run.config.corpus.hub is None}):
+        try:
+            resolve_data_path(corpus, data_dir)
+        except ConfigError as err:
+            raise grid_error(path, "corpus.path", str(err)) from None
+    missing = [name for name in plans if not _task_data_here(name, data_dir)]
+    if not missing:
+        return
+    from harness.downstream.sources import hub_reachable
+
+    if hub_reachable():
+        return  # the hub has every registered task; loading it is the trial's business
+    root = data_root(data_dir) or "(no --data-dir or $HARNESS_DATA_DIR)"
+    present = [name for name in TASKS if _task_data_here(name, data_dir)]
+    raise grid_error(path, f"tasks.{missing[0]}", f"no local data under {root} and the hub is not reachable; "
+                     f"allowed here: {', '.join(present) or 'none'}")
+
+
+def _task_data_here(name: str, data_dir: str | Path | None) -> bool:
+    from harness.downstream.sources import find_task_dir
+
+    root = data_root(data_dir)
+    if root is None:
+        return False
+    try:
+        return find_task_dir(TASKS[name], root) is not None
+    except HarnessError:
+        return False

@@ -1,0 +1,214 @@
+"""A study expanded into jobs, each owning one run record (harness.runs), and what is left to compute.
+
+- a pre-training job per (scientific point, pre-training nuisance value, pre-training seed): one run directory;
+- a fine-tuning job per (pre-training run, task, learning rate, fine-tuning seed): one trial directory. Every
+  fine-tuning job of a run shares that run; its directory is known once the run's model exists (the trial's study
+  id hashes the model's content), so until then it counts as 'new'.
+Two jobs that would write the same directory, or compute the same run under two names, stop the expansion.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.config import to_dict
+from harness.runs import RecordStatus, read_curves, read_final_metrics, record_status, run_dir
+from harness.study.grid import PretrainRun, Study, TaskPlan, grid_error
+
+
+@dataclass(frozen=True)
+class PretrainJob:
+    name: str
+    run: PretrainRun
+    path: Path
+
+    kind = "pretrain"
+
+    @property
+    def depends_on(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class FinetuneJob:
+    name: str
+    pretrain: PretrainJob
+    task: TaskPlan
+    settings: Any  # FinetuneConfig for this run (wandb as the run logs), lr and seed grid included
+    lr: float
+    seed: int
+
+    kind = "finetune"
+
+    @property
+    def depends_on(self) -> PretrainJob:
+        return self.pretrain
+
+
+Job = PretrainJob | FinetuneJob
+
+
+@dataclass
+class Plan:
+    study: Study
+    results_root: Path
+    pretrain: list[PretrainJob]
+    finetune: list[FinetuneJob]
+    _fingerprints: dict[Path, str] = field(default_factory=dict)
+
+    @property
+    def jobs(self) -> list[Job]:
+        """Pre-training first: every fine-tuning job needs its run's model."""
+        return [*self.pretrain, *self.finetune]
+
+    def checkpoint(self, job: FinetuneJob) -> Path:
+        return job.pretrain.path / read_final_metrics(job.pretrain.path).get("model_dir", "model")
+
+    def path(self, job: Job) -> Path | None:
+        """The job's record directory; None for a fine-tuning job whose pre-training run is not done."""
+        if isinstance(job, PretrainJob):
+            return job.path
+        if record_status(job.pretrain.path) != "done":
+            return None
+        from harness.finetune import trial_path
+
+        checkpoint = self.checkpoint(job)
+        if checkpoint not in self._fingerprints:  # one hash of the weights per run, shared by its trials
+            from harness.downstream.encode import checkpoint_fingerprint
+
+            self._fingerprints[checkpoint] = checkpoint_fingerprint(checkpoint)
+        return trial_path(self.results_root, checkpoint, job.task.name, job.settings, job.lr, job.seed,
+                          self._fingerprints[checkpoint])
+
+    def status(self, job: Job) -> RecordStatus:
+        path = self.path(job)
+        return "new" if path is None else record_status(path)
+
+    def select(self, pattern: str | None) -> list[Job]:
+        """Jobs whose name matches the glob `pattern` (all when None), with the pre-training runs they need."""
+        if pattern is None:
+            return self.jobs
+        chosen = {job.name for job in self.jobs if fnmatch.fnmatchcase(job.name, pattern)}
+        chosen |= {job.pretrain.name for job in self.finetune if job.name in chosen}
+        return [job for job in self.jobs if job.name in chosen]
+
+
+def expand(study: Study, results_root: str | Path) -> Plan:
+    """Every job of the study, checked for two jobs writing one directory."""
+    results_root = Path(results_root)
+    pretrain: list[PretrainJob] = []
+    by_dir: dict[Path, PretrainJob] = {}
+    by_id: dict[str, PretrainJob] = {}
+    for run in study.runs:
+        job = PretrainJob(name=f"pretrain/{run.label}", run=run, path=run_dir(results_root, run.config))
+        other = by_dir.get(job.path) or by_id.get(run.config.run_id())
+        if other is not None:
+            raise grid_error(study.path, "scientific", f"jobs '{other.name}' and '{job.name}' would write the same "
+                             f"run (run id {run.config.run_id()}); allowed: points whose run configs differ")
+        by_dir[job.path] = by_id[run.config.run_id()] = job
+        pretrain.append(job)
+    finetune: list[FinetuneJob] = []
+    for job in pretrain:
+        for task in study.tasks.values():
+            settings = _with_wandb(task.settings, job.run)
+            names = [f"finetune/{job.run.label}/{task.name}/lr{lr:g}-seed{seed}"
+                     for lr in settings.learning_rates for seed in settings.seeds]
+            if len(set(names)) != len(names):
+                raise grid_error(study.path, f"tasks.{task.name}", f"a learning rate listed twice "
+                                 f"({list(settings.learning_rates)}); allowed: distinct values")
+            finetune += [FinetuneJob(name=f"finetune/{job.run.label}/{task.name}/lr{lr:g}-seed{seed}", pretrain=job,
+                                     task=task, settings=settings, lr=lr, seed=seed)
+                         for lr in settings.learning_rates for seed in settings.seeds]
+    return Plan(study=study, results_root=results_root, pretrain=pretrain, finetune=finetune)
+
+
+def _with_wandb(settings: Any, run: PretrainRun) -> Any:
+    """Trials log to wandb when their pre-training run does (speed/bookkeeping only: not in the trial's id)."""
+    log = run.config.logging
+    mode = log.wandb_mode if log.wandb else "disabled"
+    impl = settings.impl.model_copy(update={"wandb_mode": mode, "wandb_project": log.wandb_project})
+    return settings.model_copy(update={"impl": impl})
+
+
+def payload(plan: Plan, job: Job, threads: int) -> dict[str, Any]:
+    """What a worker process needs to run `job` (plain data: it crosses a process boundary)."""
+    study, run = plan.study, job_run(job)
+    # wandb: group = the study, job type = pretrain/finetune, the axes in the run's config (compare arms in the UI)
+    axes = {"point": run.point.label, **run.point.values, **run.nuisance, "seed": run.seed}
+    common = {"name": job.name, "kind": job.kind, "threads": threads, "results_root": str(plan.results_root),
+              "data_dir": str(study.data_dir) if study.data_dir else None,
+              "wandb": {"group": study.experiment, "job_type": job.kind, "axes": axes}}
+    if isinstance(job, PretrainJob):
+        return {**common, "path": str(job.path), "config": to_dict(job.run.config)}
+    axes.update(task=job.task.name, learning_rate=job.lr, finetune_seed=job.seed)
+    return {**common, "path": str(plan.path(job)), "checkpoint": str(plan.checkpoint(job)), "task": job.task.name,
+            "settings": job.settings.model_dump(mode="json"), "lr": job.lr, "seed": job.seed}
+
+
+def job_run(job: Job) -> PretrainRun:
+    return job.run if isinstance(job, PretrainJob) else job.pretrain.run
+
+
+# ---- what is left -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Estimate:
+    tokens_left: int
+    pretrain_seconds: float | None  # None: no finished run measured a throughput yet
+    finetune_left: int
+    finetune_seconds: float | None
+
+    def describe(self) -> str:
+        def clock(seconds: float | None) -> str:
+            return "time unknown until one finishes" if seconds is None else f"~{format_duration(seconds)}"
+
+        return (f"compute left: {self.tokens_left / 1e6:.3g}M pre-training tokens ({clock(self.pretrain_seconds)}), "
+                f"{self.finetune_left} fine-tuning trials ({clock(self.finetune_seconds)})")
+
+
+def estimate(plan: Plan, statuses: dict[str, RecordStatus]) -> Estimate:
+    """Tokens left from each unfinished run's budget (less what a partial run already logged); time from the
+    tokens/second the finished runs measured and the wall time the finished trials took."""
+    tokens_left, measured_tokens, measured_seconds = 0, 0.0, 0.0
+    for job in plan.pretrain:
+        if statuses[job.name] == "done":
+            final = read_final_metrics(job.path)
+            measured_tokens += final.get("tokens_seen", 0) if final.get("fit_seconds_this_launch") else 0
+            measured_seconds += final.get("fit_seconds_this_launch") or 0.0
+            continue
+        tokens_left += int(_budget_tokens(job) * (1 - _progress(job)))
+    seconds_per_token = measured_seconds / measured_tokens if measured_tokens else None
+    trial_seconds = [read_final_metrics(path).get("wall_s", 0.0) for job in plan.finetune
+                     if statuses[job.name] == "done" and (path := plan.path(job)) is not None]
+    finetune_left = sum(statuses[job.name] != "done" for job in plan.finetune)
+    per_trial = sum(trial_seconds) / len(trial_seconds) if trial_seconds else None
+    return Estimate(tokens_left=tokens_left, pretrain_seconds=_seconds(tokens_left, seconds_per_token),
+                    finetune_left=finetune_left, finetune_seconds=_seconds(finetune_left, per_trial))
+
+
+def _seconds(left: float, per_unit: float | None) -> float | None:
+    return 0.0 if not left else None if per_unit is None else left * per_unit
+
+
+def _budget_tokens(job: PretrainJob) -> int:
+    from harness.recipe import nominal_tokens_per_update
+
+    budget = job.run.config.budget
+    return budget.max_tokens or (budget.max_steps or 0) * nominal_tokens_per_update(job.run.config)
+
+
+def _progress(job: PretrainJob) -> float:
+    """Share of the updates a partial run has logged (its curves), 0 for a new one."""
+    budget = job.run.config.budget
+    if not (job.path / "logs").is_dir() or not budget.max_steps:
+        return 0.0
+    curves = read_curves(job.path)
+    return min(1.0, (int(curves.index.max()) + 1) / budget.max_steps) if len(curves) else 0.0
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"

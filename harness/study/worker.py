@@ -1,0 +1,129 @@
+"""The worker process: runs one job at a time for the sweep, in its own process, so that a job that crashes, runs
+out of memory or is killed never takes the sweep down.
+
+Protocol over a multiprocessing pipe: the sweep sends a job payload (harness.study.jobs.payload) or None (stop);
+the worker answers ("progress", name, step, total) now and then, then ("done", name) or ("failed", name, message).
+A job that raises gets failed.json (message and traceback) in its directory; its final metrics are never written.
+Nothing heavy is imported at module level: the thread count must be set before torch loads.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+PROGRESS_EVERY_S = 2.0
+
+
+def worker_main(conn: Any, threads: int, parent_pid: int) -> None:
+    """Entry point of a spawned worker: serve jobs until told to stop or the sweep goes away."""
+    _exit_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the sweep, which stops its workers itself
+    # Split the machine's cores between workers: 2 workers on 2 cores must not run 2 threads each.
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    torch.set_num_threads(threads)
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        conn.send(_run(job, lambda step, total, name=job["name"]: conn.send(("progress", name, step, total))))
+
+
+def _run(job: dict[str, Any], report: Any) -> tuple[str, ...]:
+    from harness.runs import clear_failure, write_failure
+
+    clear_failure(job["path"])  # a retried job: its last failure is history once it runs again
+    try:
+        run_job(job, report)
+    except Exception as err:  # any failure of one job is recorded and the sweep goes on
+        try:
+            write_failure(job["path"], err, traceback.format_exc())
+        except Exception:  # e.g. the directory belongs to another config: the message still reaches the sweep
+            pass
+        return ("failed", job["name"], " ".join(f"{type(err).__name__}: {err}".split()))
+    finally:
+        _teardown_wandb()
+    return ("done", job["name"])
+
+
+def run_job(job: dict[str, Any], report: Any) -> None:
+    """Run one pre-training run or fine-tuning trial through its ordinary entry point."""
+    os.environ.update(WANDB_RUN_GROUP=job["wandb"]["group"], WANDB_JOB_TYPE=job["wandb"]["job_type"])
+    callbacks = [_progress_callback(report), _wandb_axes_callback(job["wandb"]["axes"])]
+    if job["kind"] == "pretrain":
+        from harness.config import from_dict
+        from harness.train import pretrain
+
+        config = from_dict(job["config"])
+        impl = config.impl.model_copy(update={"threads": job["threads"]})  # speed only: the run id is unchanged
+        pretrain(config.model_copy(update={"impl": impl}), job["data_dir"], job["results_root"], callbacks)
+        return
+    from harness.finetune import FinetuneConfig, finetune_trial
+
+    settings = FinetuneConfig.model_validate(job["settings"])
+    settings = settings.model_copy(update={"impl": settings.impl.model_copy(update={"threads": job["threads"]})})
+    finetune_trial(Path(job["checkpoint"]), job["task"], job["data_dir"], settings, Path(job["results_root"]),
+                   job["lr"], job["seed"], callbacks)
+
+
+def _progress_callback(report: Any) -> Any:
+    import pytorch_lightning as pl
+
+    class Progress(pl.Callback):
+        """Tells the sweep the job's update count every few seconds (its display computes the ETA)."""
+
+        def __init__(self) -> None:
+            self.last = 0.0
+
+        def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+            if time.monotonic() - self.last >= PROGRESS_EVERY_S:
+                self.last = time.monotonic()
+                report(int(trainer.global_step), int(trainer.estimated_stepping_batches))
+
+    return Progress()
+
+
+def _wandb_axes_callback(axes: dict[str, Any]) -> Any:
+    import pytorch_lightning as pl
+
+    class WandbAxes(pl.Callback):
+        """Adds the job's axis values to its wandb run config, so the UI can group and compare arms."""
+
+        def on_fit_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+            for logger in trainer.loggers:
+                if type(logger).__name__ == "WandbLogger":
+                    logger.experiment.config.update({"study": axes}, allow_val_change=True)
+
+    return WandbAxes()
+
+
+def _teardown_wandb() -> None:
+    """wandb reads WANDB_RUN_GROUP / WANDB_JOB_TYPE once per process setup: reset it between jobs."""
+    import sys
+
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].teardown()
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """A sweep killed with SIGKILL cannot stop its workers: each worker notices and exits on its own, so a
+    restarted sweep never races an orphan for the same run directory."""
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, daemon=True).start()
