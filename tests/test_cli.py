@@ -10,8 +10,7 @@ import pytest
 import yaml
 
 from harness.cli import build_parser, main
-from harness.config import ConfigError, from_dict, load_config
-from harness.study import load_study
+from harness.config import from_dict, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,21 +52,7 @@ def test_bad_override_is_one_line_error_without_traceback():
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_experiment_file_validates(path):
-    if path.name.endswith(".study.yaml"):
-        study = load_study(path)
-        assert study.arms and all(config.run_id() for config in study.arms.values())
-    else:
-        load_config(path)
-
-
-def test_study_arms_differ_only_by_their_overrides_and_bad_arms_name_themselves(tmp_path):
-    study = load_study(REPO / "experiments" / "quickstart.study.yaml")
-    bert, roberta = study.arms["bert-recipe"], study.arms["roberta-recipe"]
-    assert (bert.data.nsp, bert.model.family, roberta.data.packing) == (True, "bert", "full_sentences")
-    assert bert.run_id() != roberta.run_id() and bert.run_name() == "bert-recipe"
-    (tmp_path / "base.yaml").write_text("experiment: x\n")
-    (tmp_path / "bad.study.yaml").write_text("base: base.yaml\narms:\n  broken: {data.packing: segments}\n")
-    with pytest.raises(ConfigError, match="study arm 'broken': config field 'data.packing'"):
-        load_study(tmp_path / "bad.study.yaml")
+@pytest.mark.parametrize("path", sorted((REPO / "experiments" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_run_config_file_validates(path):
+    """Grid files (experiments/*.yaml) are validated at every scale in test_study_grid.py."""
+    assert load_config(path).run_id()

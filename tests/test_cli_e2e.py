@@ -1,6 +1,6 @@
-"""The command line end to end, as a user runs it: `harness pretrain`, `harness finetune` and `harness quickstart` in
-subprocesses on the real data with tiny settings, asserting on what they print and write. Marked `slow`: each recipe
-composed with the tiny size preset pre-trains for 30 updates and its loss falls."""
+"""The command line end to end, as a user runs it: `harness pretrain`, `harness finetune` and `harness quickstart` (a
+sweep) in subprocesses on the real data with tiny settings, asserting on what they print and write. Marked `slow`:
+each recipe composed with the tiny size preset pre-trains for 30 updates and its loss falls."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.config import RECIPES, apply_overrides, load_config
+from harness.config import RECIPES, load_config
 from harness.runs import FINAL_METRICS_FILE, read_curves
 
 TINY = ["--set", "corpus.path=corpora/wikitext-2-raw/wiki.valid.raw", "--set", "corpus.max_documents=12",
@@ -88,23 +88,25 @@ def test_finetune_the_pretrained_model_from_the_command_line(pretrained, workspa
     assert (Path(printed["study_dir"]) / "lr0.001__seed0" / FINAL_METRICS_FILE).is_file()
 
 
-def test_quickstart_runs_a_study_file(workspace, shared_data, pretrained):
+def test_quickstart_runs_a_grid_file(workspace, shared_data, pretrained):
     folder = workspace / "study"
     folder.mkdir()
     # Only what differs from the defaults: a base that spelled out every field would override the arm's recipe.
-    base = {"experiment": "e2e-study", "model": {"size": "tiny"}}
-    apply_overrides(base, [item for item in TINY if item != "--set"])
-    (folder / "base.yaml").write_text(yaml.safe_dump(base))
-    study = {"base": "base.yaml", "arms": {"bert-arm": {"recipe": "bert"}},
-             "finetune": {"task": "sst2", "set": {key: yaml.safe_load(value) for key, value in
-                                                  (item.split("=", 1) for item in TINY_FINETUNE)}}}
-    (folder / "tiny.study.yaml").write_text(yaml.safe_dump(study))
-    result = succeeded(harness("quickstart", "--study", folder / "tiny.study.yaml", "--data-dir", shared_data,
+    base = {"model.size": "tiny", **dict(item.split("=", 1) for item in TINY if item != "--set")}
+    grid = {"name": "e2e-study", "base": {"set": {k: yaml.safe_load(v) for k, v in base.items()}},
+            "scientific": {"arms": {"bert-arm": {"recipe": "bert"}}},
+            "nuisance": {"finetune.learning_rate": [1e-3]}, "seeds": {"finetune": [0]},
+            "finetune": {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in TINY_FINETUNE)
+                         if key not in ("learning_rates", "seeds")}, "tasks": {"sst2": {}}}
+    (folder / "tiny.yaml").write_text(yaml.safe_dump(grid))
+    result = succeeded(harness("quickstart", "--grid", folder / "tiny.yaml", "--data-dir", shared_data,
                                "--results", workspace / "results", cache=workspace / "cache"))
-    header, row = result.stdout.strip().splitlines()[-2:]
-    assert header.split()[:3] == ["arm", "run_id", "steps"] and "sst2_accuracy_median" in header
-    assert row.split()[0] == "bert-arm" and row.split()[2] == "4"
-    run = next((workspace / "results" / "e2e-study" / "runs").glob("bert-arm__*"))
+    lines = result.stdout.strip().splitlines()
+    assert "2 jobs (1 pre-training, 1 fine-tuning)" in lines[1] and lines[-1] == "ran 2 job(s); 0 failure(s)"
+    header, row = lines[-3:-1]
+    assert header.split()[:2] == ["point", "sst2_accuracy_median"] and "common_val_bpc" in header
+    assert row.split()[0] == "bert-arm" and row.split()[6] == "1" and row.split()[7] == "4"  # runs, steps
+    run = next((workspace / "results" / "e2e-study" / "runs").glob("bert-arm-s0__*"))
     assert load_config(run / "config.yaml").recipe == "bert"
     assert (run / FINAL_METRICS_FILE).is_file()
 

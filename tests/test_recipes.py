@@ -25,7 +25,7 @@ from harness.config import (
     load_config,
 )
 from harness.models.pretrain import PretrainModule, build_pretraining_model
-from harness.study import load_study
+from harness.study import load_grid
 
 # Written out by hand from the sources cited in harness/config.py, so a slip in RECIPES shows up here.
 GOOGLE_OPTIM = {"betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.01, "decay_norm_and_bias": False,
@@ -166,14 +166,14 @@ def test_roberta_recipe_takes_any_packing(packing):
     assert load_config(recipe="roberta", overrides=[f"data.packing={packing}"]).data.packing == packing
 
 
-def test_study_arm_can_name_a_recipe(tmp_path):
+def test_grid_arm_can_name_a_recipe(tmp_path, shared_data):
     (tmp_path / "base.yaml").write_text("model:\n  size: tiny\n")
-    (tmp_path / "s.study.yaml").write_text("base: base.yaml\narms:\n  b: {recipe: bert-reimpl}\n"
-                                           "  r: {recipe: roberta, optim.clip_grad_norm: 1.0}\n")
-    study = load_study(tmp_path / "s.study.yaml")
-    assert study.arms["b"].model_copy(update={"name": None}) == load_config(tmp_path / "base.yaml",
-                                                                              recipe="bert-reimpl")
-    assert (study.arms["r"].recipe, study.arms["r"].optim.clip_grad_norm) == ("roberta", 1.0)
+    (tmp_path / "s.yaml").write_text("base: {config: base.yaml}\nscientific:\n  arms:\n    b: {recipe: bert-reimpl}\n"
+                                     "    r: {recipe: roberta, optim.clip_grad_norm: 1.0}\n")
+    b, r = (run.config for run in load_grid(tmp_path / "s.yaml", data_dir=shared_data).runs)
+    assert b.model_copy(update={"name": None, "experiment": "x"}) == load_config(
+        tmp_path / "base.yaml", ["experiment=x"], recipe="bert-reimpl")
+    assert (r.recipe, r.optim.clip_grad_norm, r.model.size) == ("roberta", 1.0, "tiny")
 
 
 def test_cli_config_prints_the_composed_config(capsys):
