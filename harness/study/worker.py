@@ -67,15 +67,22 @@ def run_job(job: dict[str, Any], report: Any) -> None:
         from harness.train import pretrain
 
         config = from_dict(job["config"])
-        impl = config.impl.model_copy(update={"threads": job["threads"]})  # speed only: the run id is unchanged
+        impl = config.impl.model_copy(update={"threads": _threads(config.impl.threads, job["threads"])})
         pretrain(config.model_copy(update={"impl": impl}), job["data_dir"], job["results_root"], callbacks)
         return
     from harness.finetune import FinetuneConfig, finetune_trial
 
     settings = FinetuneConfig.model_validate(job["settings"])
-    settings = settings.model_copy(update={"impl": settings.impl.model_copy(update={"threads": job["threads"]})})
+    impl = settings.impl.model_copy(update={"threads": _threads(settings.impl.threads, job["threads"])})
+    settings = settings.model_copy(update={"impl": impl})
     finetune_trial(Path(job["checkpoint"]), job["task"], job["data_dir"], settings, Path(job["results_root"]),
                    job["lr"], job["seed"], callbacks)
+
+
+def _threads(asked: int | None, share: int) -> int:
+    """The config's thread count, capped by this worker's share of the cores (impl.threads is speed only: the
+    run id and trial id do not change)."""
+    return min(asked or share, share)
 
 
 def _progress_callback(report: Any) -> Any:

@@ -1,0 +1,162 @@
+"""`harness sweep` end to end on tiny runs of the real data: a failing job is recorded and the others go on, a
+sweep killed with SIGKILL (and one stopped with Ctrl-C) continues where it stopped without re-running a finished
+job, and 2 workers give the same results as 1. A worker killed mid-job is a failure, and is replaced."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.runs import FINAL_METRICS_FILE, read_failure
+from harness.study import load_grid, sweep
+from harness.study.jobs import expand
+
+TINY = {"corpus.path": "corpora/wikitext-2-raw/wiki.valid.raw", "corpus.max_documents": 12,
+        "corpus.validation_fraction": 0.25, "tokenizer.vocab_size": 1000, "data.max_seq_length": 64,
+        "optim.batch_size": 8, "budget.max_steps": 6, "budget.val_every_steps": 6, "budget.val_max_examples": 32,
+        "impl.checkpoint_every_steps": 2, "logging.wandb": False, "impl.progress_bar": False, "impl.threads": 1}
+FINETUNE = {"train_subsample": 32, "epochs": 1, "max_seq_length": 32, "batch_size": 16, "impl.threads": 1}
+COMPARED = ("steps", "tokens_seen", "val_mlm_loss", "common_val_bpc", "score", "dev")
+
+
+def grid_file(folder: Path, arms: dict, name: str) -> Path:
+    grid = {"name": "e2e", "base": {"preset": "tiny", "recipe": "roberta", "set": TINY},
+            "scientific": {"arms": arms}, "nuisance": {"finetune.learning_rate": [1e-3]},
+            "seeds": {"pretrain": [0], "finetune": [0]}, "finetune": FINETUNE, "tasks": {"sst2": {}}}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(yaml.safe_dump(grid, sort_keys=False))
+    return folder / name
+
+
+ARMS = {"dynamic": {}, "static": {"data.masking": "static", "data.dupe_factor": 2}}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, shared_data):
+    """A reference sweep with 2 workers, one of whose three arms cannot read its corpus."""
+    root = tmp_path_factory.mktemp("sweep")
+    broken = root / "broken.raw"
+    broken.write_bytes(b" = Title = \n\nSome text \xff\xfe that is not UTF-8 .\n")
+    grid = grid_file(root, {**ARMS, "broken": {"corpus.path": str(broken)}}, "with_broken.yaml")
+    out = io.StringIO()
+    result = sweep(grid, results=root / "ref", data_dir=shared_data, workers=2, out=out)
+    return {"root": root, "grid": grid, "broken": broken, "result": result, "out": out.getvalue()}
+
+
+def harness(*args, cache: Path, **kw) -> subprocess.Popen:
+    env = {**os.environ, "HARNESS_CACHE_DIR": str(cache), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", *map(str, args)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def final_metrics(grid: Path, results: Path, data_dir: Path) -> dict[str, dict]:
+    plan = expand(load_grid(grid, data_dir=data_dir), results)
+    return {job.name: {k: v for k, v in json.loads((plan.path(job) / FINAL_METRICS_FILE).read_text()).items()
+                       if k in COMPARED} for job in plan.jobs}
+
+
+def test_a_failing_job_does_not_stop_the_others_and_is_retried(workspace, shared_data):
+    result, out, root = workspace["result"], workspace["out"], workspace["root"]
+    assert result.exit_status == 1 and set(result.failures) == {"pretrain/broken-s0",
+                                                               "finetune/broken-s0/sst2/lr0.001-seed0"}
+    assert "blocked: pretrain/broken-s0 did not finish" in result.failures["finetune/broken-s0/sst2/lr0.001-seed0"]
+    assert sorted(result.ran) == sorted(["pretrain/dynamic-s0", "pretrain/static-s0",
+                                         "finetune/dynamic-s0/sst2/lr0.001-seed0",
+                                         "finetune/static-s0/sst2/lr0.001-seed0"])
+    assert "FAILED pretrain/broken-s0: " in out and "ran 4 job(s); 2 failure(s)" in out
+    broken_dir = next(job.path for job in result.plan.pretrain if job.name == "pretrain/broken-s0")
+    failure = read_failure(broken_dir)
+    assert "UTF-8" in failure["error"] and "Traceback" in failure["traceback"]
+    assert not (broken_dir / FINAL_METRICS_FILE).exists()
+
+    again = sweep(workspace["grid"], results=root / "ref", data_dir=shared_data, out=io.StringIO())
+    assert again.ran == [] and again.exit_status == 1  # not retried without --retry-failed, still reported
+    assert again.failures["pretrain/broken-s0"].startswith("failed earlier, not retried")
+    workspace["broken"].write_text((shared_data / "corpora/wikitext-2-raw/wiki.valid.raw").read_text()[:20_000])
+    retried = sweep(workspace["grid"], results=root / "ref", data_dir=shared_data, retry_failed=True,
+                    out=io.StringIO())
+    assert retried.exit_status == 0 and sorted(retried.ran) == ["finetune/broken-s0/sst2/lr0.001-seed0",
+                                                               "pretrain/broken-s0"]
+    assert read_failure(broken_dir) is None and (broken_dir / FINAL_METRICS_FILE).is_file()
+
+
+def _launches(run: Path) -> int:
+    """Launches recorded in a run's env.json (the first one and each relaunch); 0 before the run starts."""
+    try:
+        return 1 + len(json.loads((run / "env.json").read_text())["resumes"])
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+
+
+def _wait_for(predicate, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def test_killed_and_interrupted_sweeps_continue_with_the_same_results(workspace, shared_data):
+    root = workspace["root"]
+    grid = grid_file(root, ARMS, "two_arms.yaml")
+    results, cache = root / "killed", Path(os.environ["HARNESS_CACHE_DIR"])
+    plan = expand(load_grid(grid, data_dir=shared_data), results)
+    first, second = (job.path / FINAL_METRICS_FILE for job in plan.pretrain)
+    args = ("sweep", grid, "--results", results, "--data-dir", shared_data)
+
+    sweep_process = harness(*args, cache=cache, start_new_session=True)
+    _wait_for(first.is_file, sweep_process)
+    os.killpg(sweep_process.pid, signal.SIGKILL)  # the sweep and its workers, as a machine crash would
+    sweep_process.wait()
+    stamp = first.stat().st_mtime_ns
+    assert not second.is_file()
+
+    launches = _launches(second.parent)
+    interrupted = harness(*args, cache=cache)
+    _wait_for(lambda: _launches(second.parent) > launches, interrupted)  # its worker has taken up the second run
+    interrupted.send_signal(signal.SIGINT)  # Ctrl-C
+    _, err = interrupted.communicate(timeout=60)
+    assert interrupted.returncode == 130 and "run the same command to continue" in err
+
+    finished = harness(*args, cache=cache)
+    out, err = finished.communicate(timeout=300)
+    assert finished.returncode == 0, err[-3000:]
+    assert "done 1, partial 1, failed 0, to do 3" in out and "ran 3 job(s); 0 failure(s)" in out
+    assert first.stat().st_mtime_ns == stamp  # the finished run was not run again
+    reference = final_metrics(grid, root / "ref", shared_data)  # 2 workers, never interrupted
+    got = final_metrics(grid, results, shared_data)
+    assert got.keys() == reference.keys() and len(got) == 4
+    for name, metrics in reference.items():
+        assert set(metrics) == set(got[name]) and metrics, name
+        for key, value in metrics.items():
+            assert got[name][key] == pytest.approx(value, rel=1e-5), (name, key)
+
+
+def test_a_killed_worker_is_a_failure_and_is_replaced(tmp_path):
+    from harness.study.launch_local import LocalLauncher
+
+    launcher = LocalLauncher(workers=1, threads=1)
+    try:
+        victim = launcher.slots[0].process
+        launcher.submit(0, {"name": "pretrain/victim", "kind": "pretrain", "path": str(tmp_path / "victim")})
+        os.kill(victim.pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+        events = []
+        deadline = time.monotonic() + 60
+        while not events and time.monotonic() < deadline:
+            events = launcher.poll(timeout=1.0)
+        assert events == [("died", "pretrain/victim", "worker process killed by SIGKILL (the kernel's "
+                                                      "out-of-memory killer sends SIGKILL)")]
+        assert launcher.idle() == [0] and launcher.slots[0].process.pid != victim.pid
+        assert launcher.slots[0].process.is_alive()
+    finally:
+        launcher.shutdown(now=True)
+    assert not launcher.slots[0].process.is_alive()
