@@ -105,3 +105,36 @@ def test_failed_final_metrics_write_leaves_the_run_unfinished(tmp_path, config):
     assert not run.final_metrics_path.exists()
     assert [p.name for p in run.path.iterdir() if p.name.startswith(".final_metrics")] == []
     assert prepare_run_dir(config, tmp_path).status == "new"
+
+
+def test_record_status_and_the_failure_record(tmp_path, config):
+    path = run_dir(tmp_path, config)
+    assert runs.record_status(path) == "new"
+    runs.write_failure(path, ValueError("data error\nsecond line"), "Traceback (most recent call last): ...")
+    assert runs.record_status(path) == "failed"  # a job may fail before its config is written
+    run = prepare_run_dir(config, tmp_path)  # and is launched again in the same directory
+    failure = runs.read_failure(run.path)
+    assert failure["error"] == "ValueError: data error second line" and failure["traceback"].startswith("Traceback")
+    assert {"time_utc", "argv", "hostname"} <= set(failure)
+    runs.clear_failure(run.path)
+    assert runs.read_failure(run.path) is None and runs.record_status(run.path) == "partial"
+    write_final_metrics(run, {"steps": 1})
+    assert runs.record_status(run.path) == "done"
+    with pytest.raises(RunDirError, match="is done"):
+        runs.write_failure(run.path, "killed")
+    assert not (run.path / runs.FAILED_FILE).exists()
+
+
+def test_one_protocol_for_any_record_names_the_first_differing_field(tmp_path):
+    path = tmp_path / "trial"
+
+    def open_trial(outcome):
+        return runs.open_record(path, runs.TRIAL_CONFIG_FILE, json.dumps(outcome), outcome,
+                                lambda p: json.loads(p.read_text()), lambda: runs.environment({"seed": 1}))
+
+    assert open_trial({"task": "sst2", "settings": {"epochs": 3}}) == "new"
+    assert open_trial({"task": "sst2", "settings": {"epochs": 3}}) == "new"  # a relaunch without a checkpoint
+    assert len(json.loads((path / "env.json").read_text())["resumes"]) == 1
+    with pytest.raises(RunDirError, match=r"\(settings.epochs: 3 there, 2 now\)"):
+        open_trial({"task": "sst2", "settings": {"epochs": 2}})
+    assert runs.record_status(path) == "partial"
