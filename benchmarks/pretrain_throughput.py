@@ -10,8 +10,10 @@ Arms (all on the same examples, masked by the same DataCollatorForLanguageModeli
                 at the default impl.precision auto (bf16 autocast on CPUs with AVX512-BF16/AMX)
   ours-pretrain-fp32, hf-trainer-bf16   the same two at the other precision, for equal-precision ratios
 
-Each arm runs `--warmup` untimed updates, then `--steps` timed ones; the figure is the median over `--repeats`
-repeats, interleaved so that drift in machine speed hits every arm alike. Throughput counts non-padding tokens.
+Each arm runs `--warmup` untimed updates, then `--steps` timed ones, in a fresh process of its own (what one arm sets
+process-wide, e.g. impl.allocator, must not speed up the next); the figure is the median over `--repeats` repeats,
+interleaved so that drift in machine speed hits every arm alike. `--ours-set KEY=VALUE ...` ablates the harness's
+speed settings (e.g. impl.fast_dropout=false impl.allocator=system). Throughput counts non-padding tokens.
 
 Model FLOPs per token (PaLM appendix B convention, training = 3 x forward):
     6 * N + 12 * layers * hidden * seq_len
@@ -32,8 +34,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -238,7 +243,7 @@ def run_ours_pretrain(args: argparse.Namespace, data: BenchData, clock: StepCloc
         f"optim.batch_size={args.batch_size}", "optim.peak_lr=5e-4", f"budget.max_steps={steps}",
         f"budget.val_every_steps={steps}", "budget.val_max_examples=32", "budget.common_val_max_chars=1000",
         f"impl.precision={precision}", "impl.progress_bar=false", "logging.wandb=false",
-        *([f"impl.threads={args.threads}"] if args.threads else [])])
+        *([f"impl.threads={args.threads}"] if args.threads else []), *args.ours_set])
     with tempfile.TemporaryDirectory() as results:
         pretrain(config, results_root=results, extra_callbacks=[Tick()])
 
@@ -282,32 +287,49 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--data", choices=list(DATA_SOURCES), default="synthetic")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    parser.add_argument("--ours-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for the ours-pretrain arms, e.g. impl.fast_dropout=false")
+    parser.add_argument("--child", choices=list(ARMS), help=argparse.SUPPRESS)  # one arm, one repeat, JSON out
     args = parser.parse_args(argv)
-    if "hf-trainer" in args.arms and not trainer_available():
-        print("accelerate is not installed: skipping the hf-trainer arm; the baseline is hf-loop (the same dense "
-              "model and optimiser without the Trainer's overhead, so the ratios are conservative)")
-        args.arms.remove("hf-trainer")
     if args.threads:
         torch.set_num_threads(args.threads)
     pl.seed_everything(0, verbose=False)
     num_examples = args.batch_size * (args.warmup + args.steps + 1)
     data = DATA_SOURCES[args.data](num_examples, args.seq_len, args.vocab_size, 0)
     tokens_per_step = float(sum(sum(ex["attention_mask"]) for ex in data.dataset[: args.batch_size]))
-
+    if args.child:
+        clock = StepClock()
+        ARMS[args.child](args, data, clock)
+        print(json.dumps(dict(zip(("wall", "cpu"), clock.rates(args.warmup, tokens_per_step), strict=True))))
+        return
+    if "hf-trainer" in args.arms and not trainer_available():
+        print("accelerate is not installed: skipping the hf-trainer arm; the baseline is hf-loop (the same dense "
+              "model and optimiser without the Trainer's overhead, so the ratios are conservative)")
+        args.arms.remove("hf-trainer")
     wall: dict[str, list[float]] = {arm: [] for arm in args.arms}
     cpu: dict[str, list[float]] = {arm: [] for arm in args.arms}
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
     for repeat in range(args.repeats):
         for arm in args.arms:
-            clock = StepClock()
-            ARMS[arm](args, data, clock)
-            wall_rate, cpu_rate = clock.rates(args.warmup, tokens_per_step)
+            wall_rate, cpu_rate = run_child(argv if argv is not None else sys.argv[1:], arm)
             wall[arm].append(wall_rate)
             cpu[arm].append(cpu_rate)
             print(f"repeat {repeat + 1}/{args.repeats} {arm:18s} {wall_rate:9.0f} tokens/s "
                   f"{cpu_rate:9.0f} tokens/CPU-s  load {os.getloadavg()[0]:.1f}", flush=True)
     report(args, data, {arm: statistics.median(v) for arm, v in wall.items()},
            {arm: statistics.median(v) for arm, v in cpu.items()})
+
+
+def run_child(argv: list[str], arm: str) -> tuple[float, float]:
+    """One arm, one repeat, in a fresh interpreter: process-wide settings an arm makes (impl.allocator's mallopt,
+    thread pools, autocast caches) never leak into the next arm, so the Hugging Face arms run at glibc's and
+    torch's defaults whatever ran before them."""
+    command = [sys.executable, __file__, *argv, "--child", arm]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"arm {arm} failed ({' '.join(command)}):\n{done.stderr[-3000:]}")
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures["wall"], figures["cpu"]
 
 
 def report(args: argparse.Namespace, data: BenchData, wall: dict[str, float], cpu: dict[str, float]) -> None:

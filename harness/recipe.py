@@ -11,6 +11,7 @@ from pathlib import Path
 
 from harness.config import RunConfig
 from harness.data.module import PretrainDataModule, TrainBudget
+from harness.models.dropout import use_fast_dropout
 from harness.models.pretrain import PretrainModule, build_pretraining_model
 
 
@@ -54,6 +55,8 @@ def build_module(config: RunConfig, recipe: Recipe, data: PretrainDataModule) ->
                                     bos_token_id=specials.cls_id, eos_token_id=specials.sep_id,
                                     max_seq_length=config.data.max_seq_length, nsp=recipe.nsp,
                                     segment_embeddings=recipe.segment_embeddings)
+    if config.impl.fast_dropout:
+        use_fast_dropout(model)
     module = PretrainModule(model, optim=config.optim, total_steps=data.total_updates, nsp=recipe.nsp)
     if config.impl.compile:
         module.compile_encoder()
