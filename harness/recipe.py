@@ -55,7 +55,7 @@ def build_module(config: RunConfig, recipe: Recipe, data: PretrainDataModule) ->
                                     bos_token_id=specials.cls_id, eos_token_id=specials.sep_id,
                                     max_seq_length=config.data.max_seq_length, nsp=recipe.nsp,
                                     segment_embeddings=recipe.segment_embeddings)
-    if config.impl.fast_dropout:
+    if config.impl.fast_dropout and not config.impl.compile:  # compiled graphs draw their masks with inductor's RNG
         use_fast_dropout(model)
     module = PretrainModule(model, optim=config.optim, total_steps=data.total_updates, nsp=recipe.nsp)
     if config.impl.compile:
