@@ -8,6 +8,7 @@ import io
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -46,7 +47,8 @@ def workspace(tmp_path_factory, shared_data):
     root = tmp_path_factory.mktemp("sweep")
     broken = root / "broken.raw"
     broken.write_bytes(b" = Title = \n\nSome text \xff\xfe that is not UTF-8 .\n")
-    grid = grid_file(root, {**ARMS, "broken": {"corpus.path": str(broken)}}, "with_broken.yaml")
+    # The broken arm also logs to wandb (offline; a speed-only field): its retry shows the study's grouping.
+    grid = grid_file(root, {**ARMS, "broken": {"corpus.path": str(broken), "logging.wandb": True}}, "with_broken.yaml")
     out = io.StringIO()
     result = sweep(grid, results=root / "ref", data_dir=shared_data, workers=2, out=out)
     return {"root": root, "grid": grid, "broken": broken, "result": result, "out": out.getvalue()}
@@ -87,6 +89,32 @@ def test_a_failing_job_does_not_stop_the_others_and_is_retried(workspace, shared
     assert retried.exit_status == 0 and sorted(retried.ran) == ["finetune/broken-s0/sst2/lr0.001-seed0",
                                                                "pretrain/broken-s0"]
     assert read_failure(broken_dir) is None and (broken_dir / FINAL_METRICS_FILE).is_file()
+
+    logged = {run.job_type: (run.run_group, json.loads(study)) for path in root.glob("ref/**/*.wandb")
+              for run, study in wandb_runs(path)}
+    assert logged["pretrain"] == ("e2e", {"point": "broken", "arm": "broken", "seed": 0})
+    assert logged["finetune"] == ("e2e", {"point": "broken", "arm": "broken", "seed": 0, "task": "sst2",
+                                          "learning_rate": 1e-3, "finetune_seed": 0})
+
+
+def wandb_runs(path: Path):
+    """(run record, its `study` config value) from an offline .wandb file: a W&B header, then leveldb-log blocks
+    of protobuf records (what `wandb sync` uploads)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, block, parts, run = path.read_bytes(), 7, 32768, b"", None
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        parts, pos = parts + data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # FULL or LAST: a whole record
+            record = wandb_internal_pb2.Record.FromString(parts)
+            parts = b""
+            run = record.run if record.WhichOneof("record_type") == "run" else run
+            if record.WhichOneof("record_type") == "config":
+                yield from ((run, item.value_json) for item in record.config.update if item.key == "study")
 
 
 def _launches(run: Path) -> int:
