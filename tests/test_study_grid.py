@@ -79,6 +79,7 @@ def test_a_scale_overlays_the_file_and_set_tasks_data_dir_apply(big_grid, tmp_pa
     assert {c.budget.max_steps for c in configs} == {2} and {c.optim.warmup_fraction for c in configs} == {0.2}
     assert {c.experiment for c in configs} == {"big-quick"}  # scales never share a results folder
     assert {job.task.name for job in plan.finetune} == {"mrpc", "sst2"}
+    assert set(load_grid(big_grid, "quick", data_dir=shared_data).tasks) == {"sst2"}  # the scale's null drops rte
 
 
 def test_shipped_grids_validate_at_every_scale(shared_data):
@@ -91,8 +92,12 @@ def test_shipped_grids_validate_at_every_scale(shared_data):
             assert study.runs and all(run.config.run_id() for run in study.runs), (path, scale)
 
 
-def test_quickstart_grid_compares_the_two_recipes(shared_data):
-    study = load_grid(REPO / "experiments" / "quickstart.yaml", data_dir=shared_data)
+def test_quickstart_grid_compares_the_two_recipes(shared_data, tmp_path, capsys):
+    grid = REPO / "experiments" / "quickstart.yaml"
+    assert main(["quickstart", "--dry-run", "--grid", str(grid), "--data-dir", str(shared_data),
+                 "--results", str(tmp_path)]) == 0
+    assert "8 jobs (2 pre-training, 6 fine-tuning)" in capsys.readouterr().out
+    study = load_grid(grid, data_dir=shared_data)
     bert, roberta = (run.config for run in study.runs)
     assert (bert.recipe, bert.data.nsp, bert.data.dupe_factor, roberta.recipe) == ("bert", True, "auto", "roberta")
     assert bert.run_name() == "bert-recipe-s0" and bert.model.size == "tiny"

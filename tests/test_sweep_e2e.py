@@ -20,6 +20,7 @@ import yaml
 from harness.runs import FINAL_METRICS_FILE, read_failure
 from harness.study import load_grid, sweep
 from harness.study.jobs import expand
+from harness.study.launch_local import LocalLauncher, threads_per_worker
 
 TINY = {"corpus.path": "corpora/wikitext-2-raw/wiki.valid.raw", "corpus.max_documents": 12,
         "corpus.validation_fraction": 0.25, "tokenizer.vocab_size": 1000, "data.max_seq_length": 64,
@@ -79,6 +80,8 @@ def test_a_failing_job_does_not_stop_the_others_and_is_retried(workspace, shared
     failure = read_failure(broken_dir)
     assert "UTF-8" in failure["error"] and "Traceback" in failure["traceback"]
     assert not (broken_dir / FINAL_METRICS_FILE).exists()
+    env = json.loads((result.plan.pretrain[0].path / "env.json").read_text())
+    assert env["hardware"]["torch_threads"] == threads_per_worker(2)  # 2 workers share the cores
 
     again = sweep(workspace["grid"], results=root / "ref", data_dir=shared_data, out=io.StringIO())
     assert again.ran == [] and again.exit_status == 1  # not retried without --retry-failed, still reported
@@ -170,7 +173,7 @@ def test_killed_and_interrupted_sweeps_continue_with_the_same_results(workspace,
 
 
 def test_a_killed_worker_is_a_failure_and_is_replaced(tmp_path):
-    from harness.study.launch_local import LocalLauncher
+    assert [threads_per_worker(n, cores=4) for n in (1, 2, 3, 8)] == [4, 2, 1, 1]
 
     launcher = LocalLauncher(workers=1, threads=1)
     try:

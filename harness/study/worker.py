@@ -68,7 +68,8 @@ def run_job(job: dict[str, Any], report: Any) -> None:
 
         config = from_dict(job["config"])
         impl = config.impl.model_copy(update={"threads": _threads(config.impl.threads, job["threads"])})
-        pretrain(config.model_copy(update={"impl": impl}), job["data_dir"], job["results_root"], callbacks)
+        pretrain(config.model_copy(update={"impl": impl}), job["data_dir"], job["results_root"],
+                 extra_callbacks=callbacks)
         return
     from harness.finetune import FinetuneConfig, finetune_trial
 
