@@ -51,7 +51,8 @@ def task_plans(spec: GridFile, path: Path, experiment: str, only: list[str] | No
     return plans
 
 
-def check_data(path: Path, runs: list[PretrainRun], plans: dict[str, TaskPlan], data_dir: str | Path | None) -> None:
+def check_corpora_and_tasks(path: Path, runs: list[PretrainRun], plans: dict[str, TaskPlan],
+                            data_dir: str | Path | None) -> None:
     """Every local corpus of the runs and every task's files must be there (or the task on a reachable hub)."""
     from harness.study.grid import grid_error
 

@@ -134,11 +134,12 @@ class Study:
 
 
 def load_grid(path: str | Path, scale: str | None = None, overrides: list[str] | None = None,
-              tasks: list[str] | None = None, data_dir: str | Path | None = None) -> Study:
+              tasks: list[str] | None = None, data_dir: str | Path | None = None, check_data: bool = True) -> Study:
     """Read, overlay `scale`, validate and expand a grid file into its runs and tasks; raises GridError.
 
     `overrides` (`--set`) apply to every pre-training run; `tasks` (`--tasks`) replaces the file's task list
-    (a task the file names keeps its settings); `data_dir` is the root of relative corpus and task paths."""
+    (a task the file names keeps its settings); `data_dir` is the root of relative corpus and task paths, whose
+    presence is checked unless `check_data` is false (validating a paper-scale grid on a machine without its data)."""
     path = Path(path)
     raw = read_yaml(path)
     spec = _validate(_apply_scale(raw, scale, path), path)
@@ -148,10 +149,11 @@ def load_grid(path: str | Path, scale: str | None = None, overrides: list[str] |
     runs = [_run(spec, path, experiment, point, nuisance, seed, list(overrides or []))
             for point in points for nuisance in _product(_pretrain_nuisance(spec))
             for seed in spec.seeds.pretrain]
-    from harness.study.downstream import check_data, task_plans
+    from harness.study.downstream import check_corpora_and_tasks, task_plans
 
     plans = task_plans(spec, path, experiment, tasks)
-    check_data(path, runs, plans, data_dir)
+    if check_data:
+        check_corpora_and_tasks(path, runs, plans, data_dir)
     return Study(name=name, scale=scale, path=path, description=spec.description, points=points, runs=runs,
                  tasks=plans, data_dir=Path(data_dir) if data_dir else None)
 
