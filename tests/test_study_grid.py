@@ -115,6 +115,10 @@ BAD = {
                        "'dynamic' or 'static'"),
     "bad arm value": ({"scientific": {"arms": {"broken": {"data.packing": "segments"}}}}, "point 'broken'",
                       "config field 'data.packing'"),
+    "typo in another scale": ({"scales": {"paper": {"seeds": {"pretrian": [0]}}}}, "seeds.pretrian",
+                              "allowed: pretrain, finetune"),
+    "same trial twice": ({"nuisance": {"finetune.learning_rate": [1e-3, 0.001]}}, "tasks.sst2",
+                         "allowed: distinct values"),
     "zip lengths": ({"zip": {"optim.batch_size": [8, 16], "optim.peak_lr": [1e-3]}}, "zip", "equal lengths"),
     "unknown task": ({"tasks": {"sst3": {}}}, "tasks.sst3", "allowed: cola, sst2"),
     "task data missing": ({"tasks": {"mnli": {}}}, "tasks.mnli", "allowed here: sst2"),
@@ -146,6 +150,17 @@ def test_undefined_scale_and_unknown_cli_task_are_one_line(big_grid, tmp_path, s
         assert main(["sweep", str(big_grid), *args, "--dry-run", "--data-dir", str(shared_data)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and expected in err, err
+
+
+def test_only_and_max_jobs_choose_what_runs(big_grid, tmp_path, shared_data, capsys):
+    common = ["sweep", str(big_grid), "--scale", "quick", "--dry-run", "--data-dir", str(shared_data)]
+    assert main([*common, "--only", "finetune/roberta-static-*-s0/sst2/lr0.0001-seed1"]) == 0
+    out = capsys.readouterr().out  # the matching trials of both nuisance runs, with the runs they need
+    assert "4 jobs (selected from 56) (2 pre-training, 2 fine-tuning)" in out
+    assert "would run pretrain/roberta-static-peak_lr0.001-s0" in out
+    assert main([*common, "--max-jobs", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "to do 3" in out and out.count("would run") == 3 and out.count("would run pretrain/") == 3
 
 
 # ---- a finished study: selection from the run directories ---------------------------------------------------

@@ -114,11 +114,9 @@ def expand(study: Study, results_root: str | Path) -> Plan:
     for job in pretrain:
         for task in study.tasks.values():
             settings = _with_wandb(task.settings, job.run)
-            names = [f"finetune/{job.run.label}/{task.name}/lr{lr:g}-seed{seed}"
-                     for lr in settings.learning_rates for seed in settings.seeds]
-            if len(set(names)) != len(names):
-                raise grid_error(study.path, f"tasks.{task.name}", f"a learning rate listed twice "
-                                 f"({list(settings.learning_rates)}); allowed: distinct values")
+            if len({f"{lr:g}" for lr in settings.learning_rates}) != len(settings.learning_rates):
+                raise grid_error(study.path, f"tasks.{task.name}", f"learning rates {list(settings.learning_rates)} "
+                                 "would write one trial directory twice; allowed: distinct values")
             finetune += [FinetuneJob(name=f"finetune/{job.run.label}/{task.name}/lr{lr:g}-seed{seed}", pretrain=job,
                                      task=task, settings=settings, lr=lr, seed=seed)
                          for lr in settings.learning_rates for seed in settings.seeds]
