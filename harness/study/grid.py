@@ -142,7 +142,8 @@ def load_grid(path: str | Path, scale: str | None = None, overrides: list[str] |
     presence is checked unless `check_data` is false (validating a paper-scale grid on a machine without its data)."""
     path = Path(path)
     raw = read_yaml(path)
-    for other in raw.get("scales") or {} if isinstance(raw.get("scales"), dict) else ():
+    scales = raw.get("scales")
+    for other in scales if isinstance(scales, dict) else ():
         _validate(_apply_scale(raw, other, path), path)  # a typo in any scale is caught whichever one runs
     spec = _validate(_apply_scale(raw, scale, path), path)
     name = spec.name or path.stem.removesuffix(".grid")
