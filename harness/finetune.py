@@ -54,6 +54,10 @@ class FinetuneImpl(ConfigSection):
     accelerator: Literal["auto", "cpu", "gpu"] = Field("auto", description="Lightning accelerator")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; null = torch default")
     keep_checkpoints: bool = Field(False, description="keep a finished trial's last.ckpt (kept only to resume)")
+    fast_dropout: bool = Field(True, description="CPU dropout masks from numpy's PCG64 (pre-training's "
+                               "impl.fast_dropout); no effect on GPUs")
+    allocator: Literal["reuse", "system"] = Field("reuse", description="reuse: glibc keeps freed memory "
+                                                  "(pre-training's impl.allocator); system: glibc's defaults")
     log_every_steps: int = Field(10, ge=1, description="log training loss every N updates")
     wandb_mode: Literal["offline", "online", "disabled"] = Field(
         "disabled", description="also log each trial to Weights & Biases (a sweep sets it from the run's logging)")
@@ -214,12 +218,18 @@ def run_trial(trial_dir: Path, spec: TaskSpec, ckpt: Any, data: Any, settings: F
     import torch
 
     from harness.downstream.encode import pad_batch
+    from harness.models.dropout import use_fast_dropout
     from harness.models.finetune import FinetuneModule, load_finetune_model
+    from harness.train import reuse_freed_memory
 
     if settings.impl.threads:
         torch.set_num_threads(settings.impl.threads)
+    reuse_freed_memory(settings.impl.allocator == "reuse")
     pl.seed_everything(seed, workers=True, verbose=False)  # before the head is initialised and data shuffled
-    module = FinetuneModule(load_finetune_model(ckpt.path, spec), data.make_evaluator(), learning_rate=lr,
+    model = load_finetune_model(ckpt.path, spec)
+    if settings.impl.fast_dropout:
+        use_fast_dropout(model)
+    module = FinetuneModule(model, data.make_evaluator(), learning_rate=lr,
                             weight_decay=settings.weight_decay, warmup_fraction=settings.warmup_fraction,
                             betas=settings.adam_betas, eps=settings.adam_eps)
 

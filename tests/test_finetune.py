@@ -232,6 +232,27 @@ def test_sst2_finetuning_beats_the_majority_class(roberta, shared_data, tmp_path
     assert again["best"] == summary["best"] and (trial / "final_metrics.json").stat().st_mtime_ns == before
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_fast_dropout_setting_reaches_the_finetuning_model(roberta, shared_data, tmp_path, fast):
+    """impl.fast_dropout through finetune_trial (what a sweep job runs): the model being trained has every dropout
+    on PCG64 masks, or none, and trains either way."""
+    from pytorch_lightning.callbacks import Callback
+
+    from harness.finetune import finetune_trial
+    from harness.models.dropout import ATTENTION, FastDropout
+
+    class Probe(Callback):
+        def on_train_start(self, trainer, module) -> None:
+            self.fast = sum(isinstance(m, FastDropout) for m in module.model.modules())
+            self.attention = module.model.config._attn_implementation
+
+    probe = Probe()
+    settings = load_finetune_config([*FAST, "train_subsample=256", "epochs=1", f"impl.fast_dropout={fast}"])
+    result = finetune_trial(roberta, "sst2", shared_data, settings, tmp_path, 1e-3, 0, [probe])
+    assert (probe.fast > 0 and probe.attention == ATTENTION) if fast else (probe.fast == 0)
+    assert result["global_step"] == 16 and 0.0 <= result["score"] <= 100.0
+
+
 def test_an_interrupted_trial_resumes_from_its_last_checkpoint(roberta, shared_data, tmp_path, monkeypatch):
     import pytorch_lightning as pl
 

@@ -197,6 +197,19 @@ def test_best_nuisance_is_chosen_by_median_over_seeds(tmp_path, shared_data, cap
         assert re.search(r"\b70\s+69\s+70\s+3\s+lr0.0002\b", row), row
 
 
+def test_the_table_gives_the_seeds_spread_of_the_common_held_out_loss(tmp_path, shared_data):
+    """With several pre-training seeds the table shows the bpc median and its min and max over seeds, so a reader can
+    see whether two arms differ by more than the seeds do."""
+    from harness.study.results import comparison_table
+
+    grid = write_grid(tmp_path, {"base": {"set": TINY_BASE}, "scientific": {"arms": {"a": {}, "b": {
+        "data.masking": "static"}}}, "seeds": {"pretrain": [0, 1, 2]}})
+    finish_study(grid, tmp_path / "r", shared_data, lambda job: 0.0)  # bpc = 3 + seed
+    table = comparison_table(expand(load_grid(grid, data_dir=shared_data), tmp_path / "r"))
+    assert table[["common_val_bpc", "common_val_bpc_min", "common_val_bpc_max", "runs"]].values.tolist() == [
+        [4.0, 3.0, 5.0, 3], [4.0, 3.0, 5.0, 3]]
+
+
 def test_plan_counts_partial_and_failed_jobs_and_estimates_time(tmp_path, shared_data):
     grid = write_grid(tmp_path, {"base": {"set": TINY_BASE}, "scientific": {"axes": {"data.masking": ["static",
                                                                                               "dynamic"]}},

@@ -70,6 +70,9 @@ def comparison_table(plan: Plan) -> Any:
                 chosen = by_bpc.idxmin() if by_bpc.notna().any() else runs["nuisance"].iloc[0]
             runs = runs[runs["nuisance"] == chosen]
             row.update({"runs": len(runs), **{k: runs[k].median() for k in PRETRAIN_COLUMNS if k in runs}})
+            if len(runs) > 1:  # the seeds' spread: arms differ only if their gap exceeds it
+                row.update(common_val_bpc_min=runs["common_val_bpc"].min(),
+                           common_val_bpc_max=runs["common_val_bpc"].max())
         rows.append(row)
     return pd.DataFrame(rows)
 
