@@ -263,8 +263,8 @@ class ImplConfig(ConfigSection):
         "distribution, 2x faster steps on our CPU; harness/models/dropout.py); no effect on GPUs"
     )
     allocator: Literal["reuse", "system"] = Field(
-        "reuse", description="reuse: glibc keeps freed memory for the next tensor (mallopt, what jemalloc does) "
-        "instead of returning it and page-faulting it back every step; system: glibc's defaults"
+        "reuse", description="reuse: glibc keeps freed memory for the next tensor (mallopt, as jemalloc does) "
+        "instead of unmapping blocks above 32 MiB and page-faulting them back every step; system: glibc's defaults"
     )
     profiler: Literal["simple", "advanced", "pytorch"] | None = Field(
         None, description="Lightning profiler; its report goes to <run dir>/fit-profile.txt; null = off"

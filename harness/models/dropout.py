@@ -29,22 +29,23 @@ _LEVELS = 1 << 16  # one 16-bit draw per element
 
 
 def dropout_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> Tensor:
-    """0 where dropped, 1/(1-p) where kept, each element independently (keep probability 1 - p)."""
+    """1 where kept (probability 1 - p), 0 where dropped, each element independently, in `dtype`."""
     count = int(np.prod(shape))
     seed = int(torch.randint(0, 2**63 - 1, (1,)))  # from torch's generator: masks follow the run seed
     draws = np.random.PCG64(seed).random_raw((count + 3) // 4).view(np.uint16)[:count]
     keep = draws >= round(p * _LEVELS)
-    if dtype in (torch.bfloat16, torch.float16):  # write the scale's bit pattern where kept: no float pass
-        scale_bits = torch.tensor(1.0 / (1.0 - p), dtype=dtype).view(torch.int16).item() & 0xFFFF
-        mask = np.multiply(keep.view(np.uint8), np.uint16(scale_bits), dtype=np.uint16)
-        return torch.from_numpy(mask).view(dtype).view(shape)
-    return torch.from_numpy(keep).view(shape).to(dtype).mul_(1.0 / (1.0 - p))
+    if dtype in (torch.bfloat16, torch.float16):  # write 1.0's bit pattern where kept: no float conversion pass
+        one_bits = torch.ones((), dtype=dtype).view(torch.int16).item() & 0xFFFF
+        return torch.from_numpy(np.multiply(keep.view(np.uint8), np.uint16(one_bits), dtype=np.uint16)).view(
+            dtype).view(shape)
+    return torch.from_numpy(keep).view(shape).to(dtype)
 
 
 def fast_dropout(x: Tensor, p: float, training: bool) -> Tensor:
-    if not training or p == 0.0 or x.device.type != "cpu":
+    if not training or p == 0.0 or p >= 1.0 or x.device.type != "cpu":
         return F.dropout(x, p, training)
-    return x * dropout_mask(x.shape, p, x.dtype)
+    # Scaled after masking, not by a scale rounded to x's dtype: a bf16 1/0.9 would shrink every activation by 0.16%.
+    return (x * dropout_mask(x.shape, p, x.dtype)).mul_(1.0 / (1.0 - p))
 
 
 class FastDropout(nn.Dropout):
