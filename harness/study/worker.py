@@ -67,7 +67,9 @@ def run_job(job: dict[str, Any], report: Any) -> None:
         from harness.train import pretrain
 
         config = from_dict(job["config"])
-        impl = config.impl.model_copy(update={"threads": _threads(config.impl.threads, job["threads"])})
+        # The sweep shows its own progress line; a bar per job would interleave with it (speed-only fields).
+        impl = config.impl.model_copy(update={"threads": _threads(config.impl.threads, job["threads"]),
+                                              "progress_bar": False})
         pretrain(config.model_copy(update={"impl": impl}), job["data_dir"], job["results_root"],
                  extra_callbacks=callbacks)
         return
