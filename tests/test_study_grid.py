@@ -237,6 +237,9 @@ def test_plan_counts_partial_and_failed_jobs_and_estimates_time(tmp_path, shared
     assert "6 jobs (6 pre-training, 0 fine-tuning)" in text and "done 1, partial 1, failed 1, to do 4" in text
     # 5 runs left x 10 updates x 32 x 128 tokens, at the 500 tokens/s the finished run measured
     assert "0.205M pre-training tokens (~6m50s)" in text
+    from harness.study.jobs import count_label
+
+    assert [count_label(n) for n in (0, 36e6, 2.62e11, 1.2e12)] == ["0M", "36M", "262B", "1.2T"]
     assert result.failures == {failed.name: "failed earlier, not retried (--retry-failed): RuntimeError: out of "
                                             "memory"}
     assert result.exit_status == 1

@@ -162,8 +162,16 @@ class Estimate:
         def clock(seconds: float | None) -> str:
             return "time unknown until one finishes" if seconds is None else f"~{format_duration(seconds)}"
 
-        return (f"compute left: {self.tokens_left / 1e6:.3g}M pre-training tokens ({clock(self.pretrain_seconds)}), "
+        return (f"compute left: {count_label(self.tokens_left)} pre-training tokens ({clock(self.pretrain_seconds)}), "
                 f"{self.finetune_left} fine-tuning trials ({clock(self.finetune_seconds)})")
+
+
+def count_label(count: float) -> str:
+    """A token count in the unit that keeps it short: 0M, 0.205M, 36M, 262B (a paper-scale grid), 1.2T."""
+    for scale, unit in ((1e12, "T"), (1e9, "B")):
+        if count >= scale:
+            return f"{count / scale:.3g}{unit}"
+    return f"{count / 1e6:.3g}M"
 
 
 def estimate(plan: Plan, statuses: dict[str, RecordStatus]) -> Estimate:
