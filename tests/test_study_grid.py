@@ -122,6 +122,7 @@ BAD = {
     "zip lengths": ({"zip": {"optim.batch_size": [8, 16], "optim.peak_lr": [1e-3]}}, "zip", "equal lengths"),
     "unknown task": ({"tasks": {"sst3": {}}}, "tasks.sst3", "allowed: cola, sst2"),
     "task data missing": ({"tasks": {"mnli": {}}}, "tasks.mnli", "allowed here: sst2"),
+    "bad when_present": ({"tasks": {"mnli": {"when_present": "yes"}}}, "tasks.mnli.when_present", "true, false"),
     "bad task setting": ({"tasks": {"sst2": {"epochs": 0}}}, "tasks.sst2", "epochs"),
     "grid-owned setting": ({"finetune": {"seeds": [1]}}, "finetune.seeds", "seeds.finetune"),
     "reserved field": ({"scientific": {"axes": {"seed": [0, 1]}}}, "scientific.axes.seed", "seeds.pretrain"),
@@ -141,6 +142,20 @@ def test_bad_input_stops_before_any_work_with_one_line(case, tmp_path, shared_da
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and str(path) in err and key in err and allowed in err, err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_when_present_task_without_data_here_is_left_out_and_said(tmp_path, shared_data, capsys):
+    """A paper-scale grid names MNLI and SQuAD; on a machine with only the small GLUE tasks those marked
+    when_present are left out (the plan says so) and the rest runs; an unmarked missing task still stops it."""
+    grid = write_grid(tmp_path, {"base": {"set": TINY_BASE}, "nuisance": {"finetune.learning_rate": [1e-3]}, "tasks": {
+        "sst2": {}, "mnli": {"when_present": True}, "squad_v2": {"when_present": True, "max_seq_length": 64}}})
+    study = load_grid(grid, data_dir=shared_data)
+    assert list(study.tasks) == ["sst2"] and study.skipped_tasks == ("mnli", "squad_v2")
+    assert main(["sweep", str(grid), "--dry-run", "--results", str(tmp_path / "r"), "--data-dir",
+                 str(shared_data)]) == 0
+    out = capsys.readouterr().out
+    assert "left out (when_present, no data here): mnli, squad_v2" in out
+    assert "2 jobs (1 pre-training, 1 fine-tuning)" in out
 
 
 def test_undefined_scale_and_unknown_cli_task_are_one_line(big_grid, tmp_path, shared_data, capsys):

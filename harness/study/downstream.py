@@ -15,6 +15,9 @@ from harness.tasks import TASKS
 if TYPE_CHECKING:
     from harness.study.grid import GridFile, PretrainRun, TaskPlan
 
+# tasks.<task>.when_present: true = run the task where its data is (a local copy or the hub), skip it elsewhere,
+# so a paper-scale grid can name MNLI or SQuAD and still run on a machine that only has the small GLUE tasks.
+WHEN_PRESENT = "when_present"
 GRID_OWNED = {"learning_rates": "nuisance.finetune.learning_rate (or tasks.<task>.learning_rates)",
               "seeds": "seeds.finetune (or tasks.<task>.seeds)", "experiment": "the grid's name"}
 
@@ -34,7 +37,10 @@ def task_plans(spec: GridFile, path: Path, experiment: str, only: list[str] | No
         key = f"tasks.{name}" if only is None else f"--tasks {name}"
         if name not in TASKS:
             raise grid_error(path, key, f"unknown task '{name}'; allowed: {', '.join(TASKS)}")
-        own = spec.tasks.get(name) or {}
+        own = dict(spec.tasks.get(name) or {})
+        optional = own.pop(WHEN_PRESENT, False)
+        if not isinstance(optional, bool):
+            raise grid_error(path, f"{key}.{WHEN_PRESENT}", f"{optional!r}; allowed: true, false")
         if "experiment" in own:
             raise grid_error(path, f"{key}.experiment", f"set by {GRID_OWNED['experiment']}, not here")
         layers = {**spec.finetune, "seeds": spec.seeds.finetune, **grid_lrs, **own, "experiment": experiment}
@@ -47,13 +53,15 @@ def task_plans(spec: GridFile, path: Path, experiment: str, only: list[str] | No
             raise grid_error(path, key, format_validation_error(err)) from None
         except ConfigError as err:
             raise grid_error(path, key, str(err)) from None
-        plans[name] = TaskPlan(name=name, settings=settings)
+        plans[name] = TaskPlan(name=name, settings=settings, optional=optional)
     return plans
 
 
 def check_corpora_and_tasks(path: Path, runs: list[PretrainRun], plans: dict[str, TaskPlan],
-                            data_dir: str | Path | None) -> None:
-    """Every local corpus of the runs and every task's files must be there (or the task on a reachable hub)."""
+                            data_dir: str | Path | None) -> list[str]:
+    """Every local corpus of the runs and every task's files must be there (or the task on a reachable hub).
+    Returns the `when_present` tasks whose data is missing, for the caller to leave out; any other missing task
+    is a GridError."""
     from harness.study.grid import grid_error
 
     for corpus in sorted({run.config.corpus.path for run in runs if run.config.corpus.hub is None}):
@@ -63,15 +71,18 @@ def check_corpora_and_tasks(path: Path, runs: list[PretrainRun], plans: dict[str
             raise grid_error(path, "corpus.path", str(err)) from None
     missing = [name for name in plans if not _task_data_here(name, data_dir)]
     if not missing:
-        return
+        return []
     from harness.downstream.sources import hub_reachable
 
     if hub_reachable():
-        return  # the hub has every registered task; loading it is the trial's business
-    root = data_root(data_dir) or "(no --data-dir or $HARNESS_DATA_DIR)"
-    present = [name for name in TASKS if _task_data_here(name, data_dir)]
-    raise grid_error(path, f"tasks.{missing[0]}", f"no local data under {root} and the hub is not reachable; "
-                     f"allowed here: {', '.join(present) or 'none'}")
+        return []  # the hub has every registered task; loading it is the trial's business
+    required = [name for name in missing if not plans[name].optional]
+    if required:
+        root = data_root(data_dir) or "(no --data-dir or $HARNESS_DATA_DIR)"
+        present = [name for name in TASKS if _task_data_here(name, data_dir)]
+        raise grid_error(path, f"tasks.{required[0]}", f"no local data under {root} and the hub is not reachable; "
+                         f"allowed here: {', '.join(present) or 'none'} (or mark it {WHEN_PRESENT}: true)")
+    return missing
 
 
 def _task_data_here(name: str, data_dir: str | Path | None) -> bool:

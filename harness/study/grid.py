@@ -114,6 +114,7 @@ class TaskPlan:
 
     name: str
     settings: Any  # FinetuneConfig; its learning_rates and seeds are the task's nuisance grid and seeds
+    optional: bool = False  # tasks.<task>.when_present: left out where its data is missing
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ class Study:
     runs: list[PretrainRun]
     tasks: dict[str, TaskPlan]
     data_dir: Path | None
+    skipped_tasks: tuple[str, ...] = ()  # when_present tasks left out: no data on this machine
 
     @property
     def experiment(self) -> str:
@@ -155,10 +157,10 @@ def load_grid(path: str | Path, scale: str | None = None, overrides: list[str] |
     from harness.study.downstream import check_corpora_and_tasks, task_plans
 
     plans = task_plans(spec, path, experiment, tasks)
-    if check_data:
-        check_corpora_and_tasks(path, runs, plans, data_dir)
+    skipped = check_corpora_and_tasks(path, runs, plans, data_dir) if check_data else []
     return Study(name=name, scale=scale, path=path, description=spec.description, points=points, runs=runs,
-                 tasks=plans, data_dir=Path(data_dir) if data_dir else None)
+                 tasks={k: v for k, v in plans.items() if k not in skipped},
+                 data_dir=Path(data_dir) if data_dir else None, skipped_tasks=tuple(skipped))
 
 
 def grid_error(path: Path, key: str, message: str) -> GridError:

@@ -83,6 +83,8 @@ def print_plan(plan: Plan, selected: list[Job], statuses: dict[str, RecordStatus
           + (f": {study.description}" if study.description else ""), file=out)
     print(f"  {len(selected)} jobs{scope} ({kinds} fine-tuning) in {plan.results_root / study.experiment}", file=out)
     print(f"  done {counts['done']}, partial {counts['partial']}, failed {counts['failed']}, to do {todo}", file=out)
+    if study.skipped_tasks:
+        print(f"  left out (when_present, no data here): {', '.join(study.skipped_tasks)}", file=out)
     print(f"  {estimate(plan, statuses).describe()}", file=out, flush=True)
 
 
