@@ -18,7 +18,7 @@ $(BIN)/harness: pyproject.toml
 setup: $(BIN)/harness
 
 quickstart: setup
-	HARNESS_DATA_DIR=$(DATA_DIR) $(BIN)/harness sweep experiments/quickstart.yaml
+	HARNESS_DATA_DIR=$(DATA_DIR) $(BIN)/harness quickstart
 
 test: setup
 	HARNESS_DATA_DIR=$${HARNESS_DATA_DIR:-$(DATA_DIR)} $(BIN)/python -m pytest -q

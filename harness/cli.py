@@ -98,8 +98,39 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    """`harness sweep experiments/quickstart.yaml`, kept as a shortcut."""
-    return cmd_sweep(args)
+    """`harness sweep experiments/quickstart.yaml`, then its report (the README's first command)."""
+    status = cmd_sweep(args)
+    if status == 130:
+        return status
+    from harness.study import load_grid
+    from harness.study.report_md import write_report
+
+    experiment = load_grid(args.grid, args.scale, args.overrides, check_data=False).experiment
+    written, messages = write_report(args.results, experiment)
+    for message in messages:
+        print(f"harness report: {message}", file=sys.stderr)
+    print(f"report: {written[0]}")
+    return status
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Rebuild each study's report from its run directories; bad input is one line each, the rest is written."""
+    from harness.study.report_md import write_report
+
+    command = " ".join(["harness report", str(args.results)] + (["--study", args.study] if args.study else [])
+                       + (["--out", str(args.out)] if args.out else []))
+    written, messages = write_report(args.results, args.study, args.out, command)
+    for message in messages:
+        print(f"harness report: {message}", file=sys.stderr)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _report_args(command: argparse.ArgumentParser) -> None:
+    command.add_argument("results", type=Path, help="a results root (e.g. results/) or one study's folder in it")
+    command.add_argument("--study", help="only this study (its name, or its folder's name <name>-<scale>)")
+    command.add_argument("--out", type=Path, help="write into OUT/<study folder>/ (default: <study folder>/report/)")
 
 
 def _finetune_args(command: argparse.ArgumentParser) -> None:
@@ -165,8 +196,10 @@ COMMANDS: list[Command] = [
      _finetune_args),
     ("sweep", cmd_sweep, "run a grid file: pre-train and fine-tune every job that is missing, print the table",
      _sweep_args),
-    ("quickstart", cmd_quickstart, "the quickstart study: harness sweep experiments/quickstart.yaml",
+    ("quickstart", cmd_quickstart, "the quickstart study: harness sweep experiments/quickstart.yaml, then its report",
      lambda command: _sweep_args(command, grid=Path("experiments/quickstart.yaml"))),
+    ("report", cmd_report, "rebuild a study's tables, figures and report.md from its run directories",
+     _report_args),
 ]
 
 

@@ -22,6 +22,7 @@ from harness.runs import RecordStatus, record_status, write_failure
 from harness.study.grid import GridError, load_grid
 from harness.study.jobs import FinetuneJob, Job, Plan, estimate, expand, format_duration, payload
 from harness.study.launch_local import LocalLauncher, threads_per_worker
+from harness.study.report import write_study_file
 from harness.study.results import comparison_table, format_table
 
 
@@ -60,6 +61,8 @@ def sweep(grid: str | Path, *, scale: str | None = None, results: str | Path = "
         if statuses[job.name] == "failed" and not retry_failed:
             result.failures[job.name] = f"failed earlier, not retried (--retry-failed): {_failure_line(plan, job)}"
     todo = todo[:max_jobs] if max_jobs else todo
+    if not dry_run:  # what `harness report` needs to re-expand this plan from the results folder alone
+        write_study_file(plan.results_root / plan.study.experiment, Path(grid), scale, overrides, tasks, data_dir)
     print_plan(plan, selected, statuses, len(todo), out)
     if dry_run:
         for job in todo:

@@ -1,0 +1,221 @@
+"""Writing a study's report (harness.study.report) to disk: the tidy CSV, the paper-layout table in Markdown and
+LaTeX (booktabs) beside the published values, the comparisons in plain words, the figures, and report.md.
+
+`write_report(results, study=None, out=None)` is `harness report`: every study folder found is rebuilt from scratch
+into `out/<experiment>/` (default: `<study folder>/report/`); a study that cannot be reported is one line in the
+returned messages and the others are still written.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from harness.study.report import (
+    HELDOUT,
+    LOWER_IS_BETTER,
+    ReportError,
+    StudyReport,
+    build_report,
+    find_studies,
+    paper_row,
+)
+
+TIDY_FILE = "tidy.csv"
+
+
+def write_report(results: str | Path, study: str | None = None, out: str | Path | None = None,
+                 command: str | None = None) -> tuple[list[Path], list[str]]:
+    """(report.md paths written, one-line messages). Raises ReportError only when nothing at all can be reported."""
+    written, messages = [], []
+    for folder in find_studies(results, study):
+        target = Path(out) / folder.name if out else folder / "report"
+        try:
+            report = build_report(folder)
+        except Exception as err:  # noqa: BLE001 - one study's bad input must not stop the others' reports
+            messages.append(f"{folder}: not reported: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+            continue
+        written.append(write_study(report, target, command))
+        messages += report.problems
+    if not written:
+        raise ReportError("; ".join(messages) or f"{results}: nothing to report")
+    return written, messages
+
+
+def write_study(report: StudyReport, target: Path, command: str | None = None) -> Path:
+    """All files of one study's report under `target`; returns report.md's path."""
+    from harness.study.plots import write_figures
+
+    target.mkdir(parents=True, exist_ok=True)
+    report.tidy.to_csv(target / TIDY_FILE, index=False)
+    (target / "table.md").write_text(markdown_table(report) + "\n", encoding="utf-8")
+    (target / "table.tex").write_text(latex_table(report), encoding="utf-8")
+    figures = write_figures(report, target)
+    path = target / "report.md"
+    path.write_text(report_markdown(report, figures, target, command), encoding="utf-8")
+    return path
+
+
+def cell_text(cell: Any) -> str:
+    """'median [min-max] n=k/expected', or 'missing (0/expected)'."""
+    if not cell["n"]:
+        return f"missing (0/{cell['expected']})"
+    text = f"{_num(cell['median'])} [{_num(cell['min'])}-{_num(cell['max'])}]" if cell["n"] > 1 \
+        else _num(cell["median"])
+    return f"{text} n={cell['n']}/{cell['expected']}" + (" (lr on grid edge)" if cell["lr_on_edge"] else "")
+
+
+def markdown_table(report: StudyReport) -> str:
+    """Rows = scientific points, columns = tasks, ppl, bpc: each the median over seeds [min-max] with n."""
+    cells = report.cells.set_index(["point", "column"])
+    head = ["point", *report.columns]
+    lines = [_md_row(head), _md_row(["---"] * len(head))]
+    for point in (p.label for p in report.study.points):
+        mark = " (reference)" if point == report.reference else ""
+        lines.append(_md_row([point + mark, *(cell_text(cells.loc[(point, c)]) for c in report.columns)]))
+    return "\n".join(lines)
+
+
+def paper_markdown(report: StudyReport) -> str:
+    """The published values beside ours, and each point's difference from the reference: ours, the paper's, and
+    a mark where they agree in sign."""
+    if not report.paper:
+        return "(the paper has no table for this study)"
+    columns = [c for c in report.paper["columns"] if c in report.columns or c in HELDOUT]
+    head = ["point", *(report.paper["columns"][c] for c in columns)]
+    lines = [f"Published ({report.paper['source']}):", "", _md_row(head), _md_row(["---"] * len(head))]
+    for point in (p.label for p in report.study.points):
+        values = paper_row(report, point) or {}
+        lines.append(_md_row([point, *(_num(values.get(c)) for c in columns)]))
+    for name, values in report.paper.get("extra_rows", {}).items():
+        lines.append(_md_row([name, *(_num(values.get(c)) for c in columns)]))
+    return "\n".join(lines)
+
+
+def comparison_markdown(report: StudyReport) -> str:
+    """One table of differences from the reference, then one plain-words line per comparison."""
+    if not len(report.comparisons):
+        return "(no comparisons: one point only)"
+    head = ["point", "column", "ours (95% CI)", "paper", "same sign", "verdict", "flags"]
+    lines = [_md_row(head), _md_row(["---"] * len(head))]
+    words = []
+    for row in report.comparisons.to_dict("records"):
+        if row["diff"] is None or _missing(row["diff"]):
+            lines.append(_md_row([row["point"], row["column"], "missing", "", "", "missing", ""]))
+            continue
+        flags = _flags(row)
+        agree = {True: "yes", False: "no"}.get(row.get("agree"), "")
+        lines.append(_md_row([row["point"], row["column"], f"{_signed(row['diff'])} [{_signed(row['ci_low'])}, "
+                              f"{_signed(row['ci_high'])}]", _signed(row.get("paper_diff")), agree, row["verdict"],
+                              "; ".join(flags)]))
+        words.append(_sentence(report, row, flags))
+    return "\n".join([*lines, "", *(f"- {w}" for w in words)])
+
+
+def latex_table(report: StudyReport) -> str:
+    """The paper-layout table as a booktabs tabular (median, spread as a subscript range, n)."""
+    cells = report.cells.set_index(["point", "column"])
+    spec = "l" + "r" * len(report.columns)
+    lines = [f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
+             " & ".join(["point", *(_tex(c) for c in report.columns)]) + " \\\\", "\\midrule"]
+    for point in (p.label for p in report.study.points):
+        values = []
+        for column in report.columns:
+            cell = cells.loc[(point, column)]
+            values.append("--" if not cell["n"] else f"{_num(cell['median'])}$_{{[{_num(cell['min'])},"
+                          f"{_num(cell['max'])}]}}^{{n={cell['n']}}}$")
+        lines.append(" & ".join([_tex(point), *values]) + " \\\\")
+    return "\n".join([*lines, "\\bottomrule", "\\end{tabular}", ""])
+
+
+def report_markdown(report: StudyReport, figures: list[Path], target: Path, command: str | None) -> str:
+    study, tidy = report.study, report.tidy
+    runs = tidy.drop_duplicates("run_dir") if len(tidy) else tidy
+    first = study.runs[0].config
+    tokens = runs.groupby("point")["tokens_seen"].median().to_dict() if len(runs) else {}
+    seeds_ft = {t: list(p.settings.seeds) for t, p in study.tasks.items()}
+    lines = [f"# {study.name}" + (f" at scale {study.scale}" if study.scale else ""), "",
+             study.description, "",
+             f"- results: `{report.folder}`; grid: `{report.source.get('grid')}`",
+             f"- corpus: `{first.corpus.path or first.corpus.hub}`; model: {first.model.family} `{first.model.size}`",
+             f"- pre-training seeds: {sorted({r.seed for r in study.runs})}; fine-tuning seeds: {seeds_ft}",
+             "- tokens seen per arm: " + (", ".join(f"{k} {int(v):,}" for k, v in tokens.items()) or "none yet"),
+             f"- commit: {_commit(runs)}; made by: `{command or 'harness report ' + str(report.folder)}`",
+             f"- reference row: `{report.reference}`; each cell: median over seeds at the best fine-tuning lr "
+             "[min-max], n = seeds present / expected", "",
+             "## Our table", "", markdown_table(report), "",
+             "## The paper", "", paper_markdown(report), "",
+             "## Differences from the reference", "", comparison_markdown(report), "",
+             "## Figures", "", *(f"![{f.stem}]({f.relative_to(target).as_posix()})" for f in figures
+                                 if f.suffix == ".png"), "",
+             "## Missing and skipped", "", *_missing_lines(report), "",
+             f"Tidy data: `pandas.read_csv('{target / 'tidy.csv'}')`; LaTeX: `table.tex`.", ""]
+    return "\n".join(lines)
+
+
+def _missing_lines(report: StudyReport) -> list[str]:
+    lines = [f"- {c['point']} / {c['column']}: {c['n']} of {c['expected']} seeds"
+             for c in report.cells.to_dict("records") if c["n"] < c["expected"]]
+    lines += [f"- {line}" for line in report.problems]
+    if report.study.skipped_tasks:
+        lines.append(f"- tasks left out (no data): {', '.join(report.study.skipped_tasks)}")
+    return lines or ["- nothing: every cell has all its seeds"]
+
+
+def _flags(row: dict[str, Any]) -> list[str]:
+    flags = []
+    if not row.get("compute_matched", True):
+        flags.append(f"not compute-matched ({int(row['tokens']):,} vs {int(row['reference_tokens']):,} tokens)")
+    if row.get("lr_on_edge"):
+        flags.append("best lr on the grid's edge")
+    return flags
+
+
+def _sentence(report: StudyReport, row: dict[str, Any], flags: list[str]) -> str:
+    lower = row["column"] in LOWER_IS_BETTER
+    better = (row["diff"] < 0) == lower and row["diff"] != 0
+    relation = "beats" if better else "trails" if row["diff"] != 0 else "ties"
+    text = (f"{row['point']} {relation} {report.reference} on {row['column']} by {abs(row['diff']):.4g} "
+            f"[{_signed(row['ci_low'])}, {_signed(row['ci_high'])}], {row['verdict']}")
+    return text + (f" ({'; '.join(flags)})" if flags else "")
+
+
+def _commit(runs: Any) -> str:
+    import json
+
+    commits = set()
+    for run_dir in (runs["run_dir"] if len(runs) else []):
+        try:
+            env = json.loads((Path(run_dir) / "env.json").read_text(encoding="utf-8"))
+            commits.add(f"{env['git']['commit'][:10]}{' (dirty)' if env['git'].get('dirty') else ''}")
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    if commits:
+        return ", ".join(sorted(commits)) + " (runs)"
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip() + " (report)"
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |"
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _num(value: Any) -> str:
+    return "" if _missing(value) else f"{value:.4g}"
+
+
+def _signed(value: Any) -> str:
+    return "" if _missing(value) else f"{value:+.4g}"
+
+
+def _tex(text: str) -> str:
+    return str(text).replace("_", "\\_").replace("%", "\\%")

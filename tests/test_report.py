@@ -1,0 +1,155 @@
+"""`harness report` on a real tiny sweep made here (2 arms, 2 fine-tuning seeds, the shared data): the tidy table
+holds exactly the run directories' numbers, the cells' medians and spreads and the bootstrap interval match a hand
+computation, the figures and report.md are written, and a partial / corrupt / stray results folder is reported with
+one line per problem instead of crashing."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from harness.cli import main
+from harness.study import sweep
+from harness.study.report import STUDY_FILE, ReportError, build_report, find_studies, load_paper_tables
+from harness.study.report_md import write_report
+from harness.study.stats import bootstrap_ci, same_sign, spread, verdict
+
+TINY = {"corpus.path": "corpora/wikitext-2-raw/wiki.valid.raw", "corpus.max_documents": 12,
+        "corpus.validation_fraction": 0.25, "tokenizer.vocab_size": 1000, "data.max_seq_length": 64,
+        "optim.batch_size": 8, "budget.max_steps": 6, "budget.val_every_steps": 3, "budget.val_max_examples": 32,
+        "logging.wandb": False, "logging.log_every_steps": 1, "impl.progress_bar": False, "impl.threads": 1}
+FINETUNE = {"train_subsample": 32, "epochs": 1, "max_seq_length": 32, "batch_size": 16, "impl.threads": 1}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, shared_data) -> Path:
+    """A finished tiny study: arms dynamic (reference) and static, 1 pre-training seed, 2 fine-tuning seeds."""
+    root = tmp_path_factory.mktemp("report")
+    grid = {"name": "tiny_report", "base": {"preset": "tiny", "recipe": "roberta", "set": TINY},
+            "scientific": {"arms": {"dynamic": {}, "static": {"data.masking": "static", "data.dupe_factor": 2}}},
+            "nuisance": {"finetune.learning_rate": [1e-3]}, "seeds": {"pretrain": [0], "finetune": [0, 1]},
+            "finetune": FINETUNE, "tasks": {"sst2": {}}}
+    (root / "tiny_report.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
+    result = sweep(root / "tiny_report.yaml", results=root / "results", data_dir=shared_data, out=io.StringIO())
+    assert result.exit_status == 0, result.failures
+    return root / "results"
+
+
+def scores(folder: Path, arm: str) -> list[float]:
+    """The two fine-tuning scores of an arm, straight from its trial files, ordered by fine-tuning seed."""
+    report = build_report(folder)
+    trials = [j for j in report.plan.finetune if j.pretrain.run.point.label == arm]
+    return [json.loads((report.plan.path(j) / "final_metrics.json").read_text())["score"]
+            for j in sorted(trials, key=lambda j: j.seed)]
+
+
+def test_the_sweep_records_its_grid_and_the_tidy_table_holds_the_run_directories(results):
+    folder = results / "tiny_report"
+    record = json.loads((folder / STUDY_FILE).read_text())
+    assert record["scale"] is None and Path(record["grid"]).name == "tiny_report.yaml"
+    report = build_report(folder)
+    tidy = report.tidy
+    assert len(tidy) == 4 and report.problems == []
+    assert sorted(zip(tidy["point"], tidy["finetune_seed"], strict=True)) == [("dynamic", 0), ("dynamic", 1),
+                                                                              ("static", 0), ("static", 1)]
+    assert set(tidy["task"]) == {"sst2"} and set(tidy["finetune_lr"]) == {1e-3}
+    assert set(tidy[tidy["point"] == "static"]["data.masking"]) == {"static"}
+    for arm in ("dynamic", "static"):
+        assert sorted(tidy[tidy["point"] == arm]["score"]) == sorted(scores(folder, arm))
+        run = json.loads((Path(tidy[tidy["point"] == arm]["run_dir"].iloc[0]) / "final_metrics.json").read_text())
+        assert (tidy[tidy["point"] == arm]["common_val_bpc"] == run["common_val_bpc"]).all()
+
+
+def test_cells_and_the_bootstrap_interval_match_a_hand_computation(results):
+    folder = results / "tiny_report"
+    report = build_report(folder)
+    cells = report.cells.set_index(["point", "column"])
+    a, b = scores(folder, "static"), scores(folder, "dynamic")
+    cell = cells.loc[("static", "sst2")]
+    assert cell["median"] == pytest.approx((a[0] + a[1]) / 2) and cell["n"] == 2 and cell["expected"] == 2
+    assert (cell["min"], cell["max"]) == (min(a), max(a))
+    assert report.reference == "dynamic"
+    row = report.comparisons.set_index(["point", "column"]).loc[("static", "sst2")]
+    assert row["paired"] and row["diff"] == pytest.approx((a[0] + a[1]) / 2 - (b[0] + b[1]) / 2)
+    # Paired resamples of 2 seeds give one of three differences, each at least 1/4 likely: the 95% interval spans
+    # exactly the smallest and the largest of them.
+    possible = [a[0] - b[0], a[1] - b[1], (a[0] + a[1]) / 2 - (b[0] + b[1]) / 2]
+    assert (row["ci_low"], row["ci_high"]) == (pytest.approx(min(possible)), pytest.approx(max(possible)))
+
+
+def test_statistics_on_hand_made_values():
+    s = spread([3.0, 1.0, 2.0, 10.0])
+    assert (s.median, s.low, s.high, s.q1, s.q3, s.n) == (2.5, 1.0, 10.0, 1.75, 4.75, 4)
+    assert spread([]) is None
+    assert bootstrap_ci([1, 2], [0, 0], paired=True) == (1.0, 2.0)
+    assert bootstrap_ci([5, 5, 5], [1, 1], paired=False) == (4.0, 4.0)
+    low, high = bootstrap_ci(np.arange(20.0), np.arange(20.0) + 0.5, paired=True)
+    assert low == high == -0.5  # a constant paired difference has no spread
+    assert verdict(1.0, (0.2, 1.5), 3) == "beyond the seeds' spread"
+    assert verdict(1.0, (-0.2, 1.5), 3) == "within noise"
+    assert same_sign(-1.0, -0.4) is True and same_sign(1.0, -0.4) is False and same_sign(1.0, None) is None
+    with pytest.raises(ValueError, match="aligned"):
+        bootstrap_ci([1, 2], [1], paired=True)
+
+
+def test_report_files_are_written_from_the_run_directories(results, tmp_path):
+    written, messages = write_report(results, "tiny_report", tmp_path)
+    target = tmp_path / "tiny_report"
+    assert written == [target / "report.md"] and messages == []
+    text = (target / "report.md").read_text()
+    assert "## Our table" in text and "| static |" in text and "n=2/2" in text and "nothing: every cell" in text
+    import pandas as pd
+
+    assert len(pd.read_csv(target / "tidy.csv")) == 4
+    assert "\\toprule" in (target / "table.tex").read_text()
+    for name in ("scores", "curves", "efficiency"):
+        for suffix in (".png", ".pdf"):
+            assert (target / "figures" / f"{name}{suffix}").stat().st_size > 1000
+            assert f"figures/{name}.png" in text
+
+
+def test_a_partial_corrupt_and_stray_results_folder_is_reported_with_one_line_each(results, tmp_path):
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    folder = copy / "tiny_report"
+    report = build_report(folder)
+    static = sorted((j for j in report.plan.finetune if j.pretrain.run.point.label == "static"), key=lambda j: j.seed)
+    (report.plan.path(static[0]) / "final_metrics.json").unlink()  # a sweep still running: missing seed
+    (report.plan.path(static[1]) / "final_metrics.json").write_text('{"score": ')  # cut off mid-write
+    stray = folder / "runs" / "dynamic-s0__0000000000"
+    shutil.copytree(report.plan.pretrain[0].path, stray)
+    config = yaml.safe_load((stray / "config.yaml").read_text())
+    config["optim"]["peak_lr"] = 0.5
+    (stray / "config.yaml").write_text(yaml.safe_dump(config))
+    written, messages = write_report(copy, out=tmp_path / "out")
+    assert len(written) == 1 and len(messages) == 2
+    assert "final_metrics.json: not readable JSON" in messages[0]
+    assert "dynamic-s0__0000000000: not a run of this grid (optim.peak_lr is 0.5" in messages[1]
+    text = written[0].read_text()
+    assert "missing (0/2)" in text and "- static / sst2: 0 of 2 seeds" in text
+
+
+def test_bad_input_is_one_line(results, tmp_path, capsys):
+    with pytest.raises(ReportError, match="no such results folder"):
+        find_studies(tmp_path / "nowhere")
+    with pytest.raises(ReportError, match="holds no runs"):
+        find_studies(tmp_path)
+    with pytest.raises(ReportError, match="--study table9: not found .*allowed: tiny_report"):
+        find_studies(results, "table9")
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "no such results folder" in capsys.readouterr().err
+    assert main(["report", str(results), "--out", str(tmp_path / "cli")]) == 0
+    assert f"wrote {tmp_path / 'cli' / 'tiny_report' / 'report.md'}" in capsys.readouterr().out
+
+
+def test_paper_tables_ship_the_published_numbers():
+    tables = load_paper_tables()
+    assert tables["table1_masking"]["rows"]["dynamic"]["squad_v2"] == 78.7
+    assert tables["table2_input_format"]["rows"]["doc_sentences"]["race"] == 65.6
+    assert [row["ppl"] for row in tables["table3_batch_size"]["rows"].values()] == [3.99, 3.68, 3.77]
