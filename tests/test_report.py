@@ -153,3 +153,26 @@ def test_paper_tables_ship_the_published_numbers():
     assert tables["table1_masking"]["rows"]["dynamic"]["squad_v2"] == 78.7
     assert tables["table2_input_format"]["rows"]["doc_sentences"]["race"] == 65.6
     assert [row["ppl"] for row in tables["table3_batch_size"]["rows"].values()] == [3.99, 3.68, 3.77]
+
+
+def test_the_notebook_executes_on_the_tests_results(results, monkeypatch):
+    import nbclient
+    import nbformat
+
+    monkeypatch.setenv("HARNESS_REPORT_RESULTS", str(results))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    notebook = nbformat.read(Path(__file__).parents[1] / "notebooks" / "report.ipynb", as_version=4)
+    nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(Path(__file__).parents[1] / "notebooks")}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = json.dumps(outputs)
+    assert "tiny_report None - 4 tidy rows; 0 problems" in text and "| static |" in text and "image/png" in text
+
+
+def test_quickstart_ends_with_the_report(results, capsys):
+    """`harness quickstart` on a finished study runs nothing and writes the report (README's first command)."""
+    grid = json.loads((results / "tiny_report" / STUDY_FILE).read_text())["grid"]
+    assert main(["quickstart", "--grid", grid, "--results", str(results)]) == 0
+    assert f"report: {results / 'tiny_report' / 'report' / 'report.md'}" in capsys.readouterr().out
+    assert (results / "tiny_report" / "report" / "figures" / "scores.png").stat().st_size > 1000

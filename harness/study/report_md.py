@@ -9,6 +9,7 @@ returned messages and the others are still written.
 from __future__ import annotations
 
 import math
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ def write_study(report: StudyReport, target: Path, command: str | None = None) -
     """All files of one study's report under `target`; returns report.md's path."""
     from harness.study.plots import write_figures
 
+    # Rebuilt, never appended to: a figure an earlier report drew and this one does not must not linger.
+    shutil.rmtree(target / "figures", ignore_errors=True)
     target.mkdir(parents=True, exist_ok=True)
     report.tidy.to_csv(target / TIDY_FILE, index=False)
     (target / "table.md").write_text(markdown_table(report) + "\n", encoding="utf-8")
