@@ -100,13 +100,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """`harness sweep experiments/quickstart.yaml`, then its report (the README's first command)."""
     status = cmd_sweep(args)
-    if status == 130:
+    if status == 130 or args.dry_run:  # interrupted, or nothing ran: no report to write
         return status
     from harness.study import load_grid
     from harness.study.report_md import write_report
 
     experiment = load_grid(args.grid, args.scale, args.overrides, check_data=False).experiment
-    written, messages = write_report(args.results, experiment)
+    try:
+        written, messages = write_report(args.results, experiment)
+    except HarnessError as err:  # e.g. every run failed: the sweep's own status says so, the report says why
+        print(f"harness report: {err}", file=sys.stderr)
+        return status or 1
     for message in messages:
         print(f"harness report: {message}", file=sys.stderr)
     print(f"report: {written[0]}")
