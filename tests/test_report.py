@@ -176,3 +176,21 @@ def test_quickstart_ends_with_the_report(results, capsys):
     assert main(["quickstart", "--grid", grid, "--results", str(results)]) == 0
     assert f"report: {results / 'tiny_report' / 'report' / 'report.md'}" in capsys.readouterr().out
     assert (results / "tiny_report" / "report" / "figures" / "scores.png").stat().st_size > 1000
+
+
+def test_the_best_learning_rate_is_the_best_median_and_an_edge_is_flagged():
+    import pandas as pd
+
+    from harness.study.report import _task_cell
+
+    rows = [{"point": "a", "task": "sst2", "pretrain_nuisance": "-", "finetune_lr": lr, "pretrain_seed": 0,
+             "finetune_seed": seed, "score": score}
+            for lr, seed, score in [(1e-3, 0, 50.0), (1e-3, 1, 90.0), (1e-3, 2, 51.0),   # median 51
+                                    (2e-3, 0, 60.0), (2e-3, 1, 61.0), (2e-3, 2, 10.0),   # median 60
+                                    (3e-3, 0, 55.0), (3e-3, 1, 56.0), (3e-3, 2, 57.0)]]  # median 56
+    frame = pd.DataFrame(rows)
+    cell = _task_cell("a", "sst2", frame, 3, (1e-3, 2e-3, 3e-3))
+    assert (cell["best_lr"], cell["median"], cell["min"], cell["max"], cell["n"]) == (2e-3, 60.0, 10.0, 61.0, 3)
+    assert not cell["lr_on_edge"]
+    edge = _task_cell("a", "sst2", frame[frame["finetune_lr"] != 2e-3], 3, (1e-3, 2e-3, 3e-3))
+    assert edge["best_lr"] == 3e-3 and edge["lr_on_edge"] and (edge["q1"], edge["q3"]) == (55.5, 56.5)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from harness.study.report import (
-    HELDOUT,
     LOWER_IS_BETTER,
     ReportError,
     StudyReport,
@@ -86,7 +85,7 @@ def paper_markdown(report: StudyReport) -> str:
     a mark where they agree in sign."""
     if not report.paper:
         return "(the paper has no table for this study)"
-    columns = [c for c in report.paper["columns"] if c in report.columns or c in HELDOUT]
+    columns = list(report.paper["columns"])  # the whole published table, also the tasks this study left out
     head = ["point", *(report.paper["columns"][c] for c in columns)]
     lines = [f"Published ({report.paper['source']}):", "", _md_row(head), _md_row(["---"] * len(head))]
     for point in (p.label for p in report.study.points):
