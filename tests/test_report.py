@@ -194,3 +194,11 @@ def test_the_best_learning_rate_is_the_best_median_and_an_edge_is_flagged():
     assert not cell["lr_on_edge"]
     edge = _task_cell("a", "sst2", frame[frame["finetune_lr"] != 2e-3], 3, (1e-3, 2e-3, 3e-3))
     assert edge["best_lr"] == 3e-3 and edge["lr_on_edge"] and (edge["q1"], edge["q3"]) == (55.5, 56.5)
+
+
+def test_comparisons_at_unequal_tokens_or_an_edge_lr_are_flagged():
+    from harness.study.report_md import _flags
+
+    row = {"compute_matched": False, "tokens": 1_000_000, "reference_tokens": 800_000, "lr_on_edge": True}
+    assert _flags(row) == ["not compute-matched (1,000,000 vs 800,000 tokens)", "best lr on the grid's edge"]
+    assert _flags({"compute_matched": True, "lr_on_edge": False}) == []
