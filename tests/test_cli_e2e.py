@@ -102,6 +102,9 @@ def test_quickstart_runs_a_grid_file(workspace, shared_data, pretrained):
     result = succeeded(harness("quickstart", "--grid", folder / "tiny.yaml", "--data-dir", shared_data,
                                "--results", workspace / "results", cache=workspace / "cache"))
     lines = result.stdout.strip().splitlines()
+    report = workspace / "results" / "e2e-study" / "report" / "report.md"
+    assert lines[-1] == f"report: {report}" and report.is_file()  # the quickstart ends with its report
+    lines = lines[:-1]
     assert "2 jobs (1 pre-training, 1 fine-tuning)" in lines[1] and lines[-1] == "ran 2 job(s); 0 failure(s)"
     header, row = lines[-3:-1]
     assert header.split()[:2] == ["point", "sst2_accuracy_median"] and "common_val_bpc" in header
