@@ -5,12 +5,14 @@ The paper keeps the tokens per update similar across formats (`optim.batch_token
 Prints, per format: real and padded tokens per update, the share of computed positions that are real, real tokens
 per second, and that rate relative to FULL-SENTENCES.
 
-Usage: python benchmarks/padding.py [--preset tiny] [--steps 60] [--batch-tokens 4096] [--set key=value ...]
+Usage: python benchmarks/padding.py [--preset tiny] [--steps 60] [--batch-tokens 4096] [--formats ...] [--repeats 1]
+       [--set key=value ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 
 from harness.config import load_config
@@ -35,28 +37,40 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch-tokens", type=int, default=4096)
+    parser.add_argument("--formats", nargs="+", choices=list(FORMATS), default=list(FORMATS))
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved repeats; the median rate is reported")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-    rows = {}
-    with tempfile.TemporaryDirectory() as results:
-        for name, extra in FORMATS.items():
-            config = load_config(preset=args.preset, overrides=[
-                *BASE, f"optim.batch_tokens={args.batch_tokens}", f"budget.max_steps={args.steps}",
-                f"budget.val_every_steps={args.steps}", *extra, *args.overrides])
-            metrics = pretrain(config, results_root=results)
-            curves = read_curves(run_dir(results, config))
-            real, padded = (curves[f"train/{key}"].dropna().iloc[3:].mean()
-                            for key in ("tokens_per_update", "padded_tokens_per_update"))
-            # the run's own throughput figure (a moving window over training updates, validation excluded),
-            # median over the second half, past start-up
-            rate = curves["train/tokens_per_s"].dropna().iloc[args.steps // 2:].median()
-            rows[name] = (real, padded, rate)
-    print(f"{args.preset}, {args.steps} updates of at most {args.batch_tokens} real tokens, precision "
-          f"{metrics['precision']}")
-    print(f"{'format':<16}{'real/update':>12}{'padded/update':>14}{'real share':>11}{'real tok/s':>11}{'vs FULL':>8}")
-    reference = rows["full_sentences"][2]
-    for name, (real, padded, rate) in rows.items():
-        print(f"{name:<16}{real:>12.0f}{padded:>14.0f}{real / padded:>11.0%}{rate:>11.0f}{rate / reference:>8.0%}")
+    formats = ["full_sentences", *(name for name in args.formats if name != "full_sentences")]  # the reference
+    runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in formats}
+    for _ in range(args.repeats):
+        with tempfile.TemporaryDirectory() as results:  # a fresh folder: a finished run would not train again
+            for name in formats:
+                runs[name].append(measure(args, name, results))
+    print(f"{args.preset}, {args.steps} updates of at most {args.batch_tokens} real tokens, median of "
+          f"{args.repeats} interleaved repeat(s)")
+    print(f"{'format':<16}{'real/update':>12}{'padded/update':>14}{'real share':>11}{'real tok/s':>11}{'vs FULL':>8}"
+          "  vs FULL per repeat")
+    reference = [rate for _, _, rate in runs["full_sentences"]]
+    for name, figures in runs.items():
+        real, padded, rate = (statistics.median(column) for column in zip(*figures, strict=True))
+        per_repeat = " ".join(f"{r / ref:.0%}" for (_, _, r), ref in zip(figures, reference, strict=True))
+        print(f"{name:<16}{real:>12.0f}{padded:>14.0f}{real / padded:>11.0%}{rate:>11.0f}"
+              f"{rate / statistics.median(reference):>8.0%}  {per_repeat}")
+
+
+def measure(args: argparse.Namespace, name: str, results: str) -> tuple[float, float, float]:
+    """(real tokens per update, padded positions per update, real tokens/s) of one run of one format."""
+    config = load_config(preset=args.preset, overrides=[
+        *BASE, f"optim.batch_tokens={args.batch_tokens}", f"budget.max_steps={args.steps}",
+        f"budget.val_every_steps={args.steps}", *FORMATS[name], *args.overrides])
+    pretrain(config, results_root=results)
+    curves = read_curves(run_dir(results, config))
+    real, padded = (curves[f"train/{key}"].dropna().iloc[3:].mean()
+                    for key in ("tokens_per_update", "padded_tokens_per_update"))
+    # the run's own throughput figure (a moving window over training updates, validation excluded),
+    # median over the second half, past start-up
+    return real, padded, curves["train/tokens_per_s"].dropna().iloc[args.steps // 2:].median()
 
 
 if __name__ == "__main__":

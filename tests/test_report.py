@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -104,6 +105,9 @@ def test_report_files_are_written_from_the_run_directories(results, tmp_path):
     assert written == [target / "report.md"] and messages == []
     text = (target / "report.md").read_text()
     assert "## Our table" in text and "| static |" in text and "n=2/2" in text and "nothing: every cell" in text
+    # each verdict states the interval as its sentence reads: "by X (95% CI low to high)" with low <= X <= high
+    sentences = re.findall(r"by ([-\d.e+]+) \(95% CI ([-\d.e+]+) to ([-\d.e+]+)\)", text)
+    assert sentences and all(float(lo) <= float(x) <= float(hi) for x, lo, hi in sentences), sentences
     import pandas as pd
 
     assert len(pd.read_csv(target / "tidy.csv")) == 4

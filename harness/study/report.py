@@ -26,7 +26,7 @@ from harness.config import HarnessError, to_dict
 from harness.runs import read_final_metrics
 from harness.study.grid import Study, load_grid, value_label
 from harness.study.jobs import Plan, expand
-from harness.study.stats import bootstrap_ci, same_sign, spread, verdict
+from harness.study.stats import best_by_median, bootstrap_ci, same_sign, spread, verdict
 
 STUDY_FILE = "study.json"
 PAPER_TABLES = Path(__file__).with_name("paper_tables.yaml")
@@ -228,8 +228,7 @@ def _task_cell(point: str, task: str, mine: Any, expected: int, grid: tuple[floa
     if not len(scores):
         return _cell(point, task, [], expected, None, False, None)
     # Nuisance = (pre-training nuisance, fine-tuning lr): the best median over seeds is reported (the paper's protocol).
-    medians = scores.groupby(["pretrain_nuisance", "finetune_lr"])["score"].median()
-    nuisance, lr = medians.idxmax()
+    nuisance, lr = best_by_median(scores, ["pretrain_nuisance", "finetune_lr"])
     best = scores[(scores["pretrain_nuisance"] == nuisance) & (scores["finetune_lr"] == lr)]
     edge = len(grid) > 1 and lr in (min(grid), max(grid))
     seeds = list(zip(best["pretrain_seed"], best["finetune_seed"], strict=True))

@@ -179,8 +179,11 @@ def _sentence(report: StudyReport, row: dict[str, Any], flags: list[str]) -> str
     lower = row["column"] in LOWER_IS_BETTER
     better = (row["diff"] < 0) == lower and row["diff"] != 0
     relation = "beats" if better else "trails" if row["diff"] != 0 else "ties"
+    # The interval of the difference (ours - reference), stated as the sentence reads: for "by 6.9" the interval of
+    # the magnitude, so a negative difference's interval is flipped to positive numbers.
+    low, high = (row["ci_low"], row["ci_high"]) if row["diff"] >= 0 else (-row["ci_high"], -row["ci_low"])
     text = (f"{row['point']} {relation} {report.reference} on {row['column']} by {abs(row['diff']):.4g} "
-            f"[{_signed(row['ci_low'])}, {_signed(row['ci_high'])}], {row['verdict']}")
+            f"(95% CI {low:.4g} to {high:.4g}), {row['verdict']}")
     return text + (f" ({'; '.join(flags)})" if flags else "")
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from harness.runs import read_final_metrics
 from harness.study.grid import value_label
 from harness.study.jobs import FinetuneJob, Plan
+from harness.study.stats import best_by_median
 
 PRETRAIN_COLUMNS = ("steps", "common_val_bpc", "val_mlm_loss", "val_ppl")
 
@@ -56,11 +57,10 @@ def comparison_table(plan: Plan) -> Any:
             scores = finetune[(finetune["point"] == point.label) & (finetune["task"] == task)] if len(finetune) else []
             if not len(scores):
                 continue
-            medians = scores.groupby("nuisance", sort=False)["score"].median()
-            best = medians.idxmax()
+            best = best_by_median(scores, "nuisance")
             at_best = scores[scores["nuisance"] == best]["score"]
             metric = scores["metric"].iloc[0]
-            row.update({f"{task}_{metric}_median": medians[best], f"{task}_min": at_best.min(),
+            row.update({f"{task}_{metric}_median": at_best.median(), f"{task}_min": at_best.min(),
                         f"{task}_max": at_best.max(), f"{task}_n": len(at_best), f"{task}_best": best})
             chosen = chosen or scores[scores["nuisance"] == best]["pretrain_nuisance"].iloc[0]
         runs = pretrain[pretrain["point"] == point.label] if len(pretrain) else pretrain

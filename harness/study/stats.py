@@ -1,13 +1,15 @@
 """Statistics of a study's report: the median over seeds with its spread, and a bootstrap confidence interval for
 the difference between two arms' medians, paired by seed where the design pairs them.
 
-Pure functions of plain number lists (tested on hand-made values): the report decides what is paired.
+Pure functions of plain number lists (tested on hand-made values): the report decides what is paired. Also the one
+nuisance-selection rule (best median over seeds) of the sweep's table and the report.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -70,3 +72,11 @@ def same_sign(ours: float | None, paper: float | None) -> bool | None:
     if ours is None or paper is None or not np.isfinite(ours) or not np.isfinite(paper):
         return None
     return bool(np.sign(ours) == np.sign(paper))
+
+
+def best_by_median(scores: Any, keys: str | list[str]) -> Any:
+    """The nuisance value (a `keys` group of a frame of trials with a `score` column) with the highest median score
+    over seeds: the paper's fine-tuning protocol and the playbook's. Ties go to the first group in the frame's order,
+    which is the grid's (as harness.finetune.summarize breaks them). The one selection rule of the sweep's table and
+    the report."""
+    return scores.groupby(keys, sort=False)["score"].median().idxmax()
