@@ -116,6 +116,9 @@ def test_report_files_are_written_from_the_run_directories(results, tmp_path):
         for suffix in (".png", ".pdf"):
             assert (target / "figures" / f"{name}{suffix}").stat().st_size > 1000
             assert f"figures/{name}.png" in text
+    write_report(results, "tiny_report", tmp_path / "again")  # a rebuilt report is byte for byte the same
+    for figure in (target / "figures").iterdir():
+        assert figure.read_bytes() == (tmp_path / "again" / "tiny_report" / "figures" / figure.name).read_bytes()
 
 
 def test_a_partial_corrupt_and_stray_results_folder_is_reported_with_one_line_each(results, tmp_path):

@@ -41,7 +41,9 @@ def write_figures(report: Any, target: Path) -> list[Path]:
         if figure is None:
             continue
         for suffix in (".png", ".pdf"):
-            figure.savefig(folder / f"{name}{suffix}", dpi=120, bbox_inches="tight")
+            # No creation date in the PDF (or software version in the PNG): the same runs give byte-identical files.
+            metadata = {"CreationDate": None} if suffix == ".pdf" else {"Software": None}
+            figure.savefig(folder / f"{name}{suffix}", dpi=120, bbox_inches="tight", metadata=metadata)
             paths.append(folder / f"{name}{suffix}")
         plt.close(figure)
     return paths
