@@ -209,3 +209,23 @@ def test_comparisons_at_unequal_tokens_or_an_edge_lr_are_flagged():
     row = {"compute_matched": False, "tokens": 1_000_000, "reference_tokens": 800_000, "lr_on_edge": True}
     assert _flags(row) == ["not compute-matched (1,000,000 vs 800,000 tokens)", "best lr on the grid's edge"]
     assert _flags({"compute_matched": True, "lr_on_edge": False}) == []
+
+
+def test_a_tuned_pretraining_lr_gives_an_lr_by_batch_size_heat_map():
+    """Table 3 with optim.peak_lr as a nuisance: the heat map holds the median held-out perplexity over seeds of
+    each (lr, batch size); a study where the lr moves with the batch (zip only) has no heat map."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from harness.study.plots import lr_batch_figure
+
+    rows = [{"run_dir": f"r{i}", "optim.peak_lr": lr, "optim.batch_size": batch, "common_val_ppl": ppl}
+            for i, (lr, batch, ppl) in enumerate([(1e-3, 8, 10.0), (1e-3, 8, 14.0), (1e-3, 64, 9.0),
+                                                  (2e-3, 8, 11.0), (2e-3, 64, 7.0), (2e-3, 64, 8.0)])]
+    report = SimpleNamespace(tidy=pd.DataFrame(rows), study=SimpleNamespace(name="t3"))
+    figure = lr_batch_figure(report)
+    heat = figure.axes[0].images[0].get_array()
+    assert heat.tolist() == [[12.0, 9.0], [11.0, 7.5]]  # rows: lr 1e-3, 2e-3; columns: batch 8, 64
+    zipped = SimpleNamespace(tidy=pd.DataFrame(rows[::3]), study=SimpleNamespace(name="t3"))
+    assert lr_batch_figure(zipped) is None

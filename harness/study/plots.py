@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # figures are files: never open a window, also on a machine with a display
 
@@ -36,7 +37,7 @@ def write_figures(report: Any, target: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     for name, draw in (("scores", scores_figure), ("curves", curves_figure), ("batch_size", batch_figure),
-                       ("efficiency", efficiency_figure)):
+                       ("lr_batch_size", lr_batch_figure), ("efficiency", efficiency_figure)):
         figure = draw(report)
         if figure is None:
             continue
@@ -120,6 +121,29 @@ def batch_figure(report: Any) -> Any:
         ax.set_ylabel(UNITS.get(column, f"{_task_metric(report, column)} (dev, %)"))
         ax.legend(fontsize="small")
     figure.suptitle(f"{report.study.name}: batch size at equal tokens")
+    return figure
+
+
+def lr_batch_figure(report: Any) -> Any:
+    """Table 3 with the pre-training lr tuned (a nuisance): median held-out perplexity over seeds for each
+    (peak lr, batch size), as a heat map; None unless both vary."""
+    runs = report.tidy.drop_duplicates("run_dir") if len(report.tidy) else report.tidy
+    axes_needed = ("optim.peak_lr", "optim.batch_size", "common_val_ppl")
+    if not len(runs) or not all(k in runs for k in axes_needed) or min(runs[k].nunique() for k in axes_needed[:2]) < 2:
+        return None
+    grid = runs.pivot_table(index="optim.peak_lr", columns="optim.batch_size", values="common_val_ppl",
+                            aggfunc="median")
+    figure, ax = plt.subplots(figsize=(1.3 * len(grid.columns) + 3, 0.6 * len(grid.index) + 2.2))
+    image = ax.imshow(grid.to_numpy(), cmap="viridis_r", aspect="auto")
+    ax.set_xticks(range(len(grid.columns)), [f"{b:g}" for b in grid.columns])
+    ax.set_yticks(range(len(grid.index)), [f"{lr:g}" for lr in grid.index])
+    for (row, col), value in np.ndenumerate(grid.to_numpy()):
+        if np.isfinite(value):
+            ax.text(col, row, f"{value:.4g}", ha="center", va="center", fontsize="small", color="white")
+    ax.set_xlabel("batch size (sequences per update), equal tokens")
+    ax.set_ylabel("peak learning rate")
+    figure.colorbar(image, ax=ax, label="held-out perplexity (common set, median over seeds)")
+    figure.suptitle(f"{report.study.name}: learning rate x batch size")
     return figure
 
 
