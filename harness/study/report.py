@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from harness.config import HarnessError, to_dict
+from harness.paths import atomic_write_text
 from harness.runs import read_final_metrics
 from harness.study.grid import Study, load_grid, value_label
 from harness.study.jobs import Plan, expand
@@ -67,9 +68,7 @@ def write_study_file(folder: Path, grid: Path, scale: str | None, overrides: lis
     folder.mkdir(parents=True, exist_ok=True)
     record = {"grid": str(Path(grid).resolve()), "scale": scale, "overrides": list(overrides or []),
               "tasks": tasks, "data_dir": str(Path(data_dir).resolve()) if data_dir else None}
-    tmp = folder / f".{STUDY_FILE}.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(folder / STUDY_FILE)
+    atomic_write_text(folder / STUDY_FILE, json.dumps(record, indent=2) + "\n")
 
 
 def find_studies(results: str | Path, study: str | None = None) -> list[Path]:
