@@ -71,6 +71,7 @@ def test_cells_and_the_bootstrap_interval_match_a_hand_computation(results):
     folder = results / "tiny_report"
     report = build_report(folder)
     cells = report.cells.set_index(["point", "column"])
+    assert report.comparisons["same_tokenizer"].all()  # static and dynamic masking share a tokenizer
     a, b = scores(folder, "static"), scores(folder, "dynamic")
     cell = cells.loc[("static", "sst2")]
     assert cell["median"] == pytest.approx((a[0] + a[1]) / 2) and cell["n"] == 2 and cell["expected"] == 2
@@ -209,6 +210,22 @@ def test_comparisons_at_unequal_tokens_or_an_edge_lr_are_flagged():
     row = {"compute_matched": False, "tokens": 1_000_000, "reference_tokens": 800_000, "lr_on_edge": True}
     assert _flags(row) == ["not compute-matched (1,000,000 vs 800,000 tokens)", "best lr on the grid's edge"]
     assert _flags({"compute_matched": True, "lr_on_edge": False}) == []
+    assert _flags({"compute_matched": True, "same_tokenizer": False}) == [
+        "different tokenizers: perplexities do not compare, bits per character do"]
+
+
+def test_perplexity_across_tokenizers_is_flagged():
+    """BERT's recipe (WordPiece) against RoBERTa's (BPE): a perplexity difference is per token of two different
+    vocabularies, so the comparison says only bits per character compare."""
+    import pandas as pd
+
+    from harness.study.report import _vocabularies
+
+    tidy = pd.DataFrame([{"point": "bert", "tokenizer.kind": "wordpiece", "tokenizer.vocab_size": 8192},
+                         {"point": "roberta", "tokenizer.kind": "bpe", "tokenizer.vocab_size": 8192},
+                         {"point": "roberta-2", "tokenizer.kind": "bpe", "tokenizer.vocab_size": 8192}])
+    vocabularies = _vocabularies(tidy)
+    assert vocabularies["bert"] != vocabularies["roberta"] == vocabularies["roberta-2"]
 
 
 def test_a_tuned_pretraining_lr_gives_an_lr_by_batch_size_heat_map():

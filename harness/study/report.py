@@ -270,7 +270,7 @@ def _comparisons(report: StudyReport) -> list[dict[str, Any]]:
     if not len(report.cells):
         return []
     cells = report.cells.set_index(["point", "column"])
-    tokens = _tokens(report.tidy)
+    tokens, vocabularies = _tokens(report.tidy), _vocabularies(report.tidy)
     rows = []
     for point in (p.label for p in report.study.points if p.label != report.reference):
         for column in report.columns:
@@ -278,7 +278,10 @@ def _comparisons(report: StudyReport) -> list[dict[str, Any]]:
             if not ours["n"] or not ref["n"]:
                 rows.append({"point": point, "column": column, "diff": None, "verdict": "missing"})
                 continue
-            rows.append(_compare(report, point, column, ours, ref, tokens))
+            row = _compare(report, point, column, ours, ref, tokens)
+            # Perplexity is per token of each arm's own tokenizer: across tokenizers only bits per character compare.
+            row["same_tokenizer"] = column != "ppl" or vocabularies.get(point) == vocabularies.get(report.reference)
+            rows.append(row)
     return rows
 
 
@@ -311,6 +314,14 @@ def _tokens(tidy: Any) -> dict[str, float]:
     if not len(tidy) or "tokens_seen" not in tidy:
         return {}
     return tidy.drop_duplicates("run_dir").groupby("point")["tokens_seen"].median().to_dict()
+
+
+def _vocabularies(tidy: Any) -> dict[str, tuple[Any, ...]]:
+    """Point -> (tokenizer kind, vocabulary size) of its runs."""
+    keys = ["tokenizer.kind", "tokenizer.vocab_size"]
+    if not len(tidy) or not all(k in tidy for k in keys):
+        return {}
+    return {point: tuple(group[keys].iloc[0]) for point, group in tidy.groupby("point")}
 
 
 def _metric(task: str) -> str:

@@ -172,6 +172,8 @@ def _flags(row: dict[str, Any]) -> list[str]:
         flags.append(f"not compute-matched ({int(row['tokens']):,} vs {int(row['reference_tokens']):,} tokens)")
     if row.get("lr_on_edge"):
         flags.append("best lr on the grid's edge")
+    if not row.get("same_tokenizer", True):
+        flags.append("different tokenizers: perplexities do not compare, bits per character do")
     return flags
 
 
