@@ -255,6 +255,12 @@ def test_plan_counts_partial_and_failed_jobs_and_estimates_time(tmp_path, shared
     from harness.study.jobs import count_label
 
     assert [count_label(n) for n in (0, 36e6, 2.62e11, 1.2e12)] == ["0M", "36M", "262B", "1.2T"]
+    # A resumed run: fit_seconds_this_launch is its last launch only, so its own throughput is what counts
+    from harness.study.jobs import _measured
+
+    assert _measured({"tokens_seen": 9e6, "fit_seconds_this_launch": 487.0, "train_tokens_per_s": 5000.0}) == (
+        9e6, 1800.0)
+    assert _measured({"tokens_seen": 1000, "fit_seconds_this_launch": 2.0}) == (1000, 2.0)
     assert result.failures == {failed.name: "failed earlier, not retried (--retry-failed): RuntimeError: out of "
                                             "memory"}
     assert result.exit_status == 1

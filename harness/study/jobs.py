@@ -180,9 +180,8 @@ def estimate(plan: Plan, statuses: dict[str, RecordStatus]) -> Estimate:
     tokens_left, measured_tokens, measured_seconds = 0, 0.0, 0.0
     for job in plan.pretrain:
         if statuses[job.name] == "done":
-            final = read_final_metrics(job.path)
-            measured_tokens += final.get("tokens_seen", 0) if final.get("fit_seconds_this_launch") else 0
-            measured_seconds += final.get("fit_seconds_this_launch") or 0.0
+            tokens, seconds = _measured(read_final_metrics(job.path))
+            measured_tokens, measured_seconds = measured_tokens + tokens, measured_seconds + seconds
             continue
         tokens_left += int(_budget_tokens(job) * (1 - _progress(job)))
     seconds_per_token = measured_seconds / measured_tokens if measured_tokens else None
@@ -192,6 +191,15 @@ def estimate(plan: Plan, statuses: dict[str, RecordStatus]) -> Estimate:
     per_trial = sum(trial_seconds) / len(trial_seconds) if trial_seconds else None
     return Estimate(tokens_left=tokens_left, pretrain_seconds=_seconds(tokens_left, seconds_per_token),
                     finetune_left=finetune_left, finetune_seconds=_seconds(finetune_left, per_trial))
+
+
+def _measured(final: dict[str, Any]) -> tuple[float, float]:
+    """(tokens, seconds) a finished run measured. Its own training throughput (train_tokens_per_s) when logged:
+    fit_seconds_this_launch covers only the last launch of a resumed run, while tokens_seen counts every launch."""
+    tokens = final.get("tokens_seen") or 0
+    if final.get("train_tokens_per_s"):
+        return tokens, tokens / final["train_tokens_per_s"]
+    return (tokens, final["fit_seconds_this_launch"]) if final.get("fit_seconds_this_launch") else (0, 0.0)
 
 
 def _seconds(left: float, per_unit: float | None) -> float | None:
