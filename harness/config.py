@@ -272,7 +272,12 @@ class ImplConfig(ConfigSection):
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; null = torch default")
     accelerator: Literal["auto", "cpu", "gpu"] = Field("auto", description="Lightning accelerator")
     devices: int = Field(1, ge=1, description="devices (processes) per machine")
-    strategy: Literal["auto", "ddp", "fsdp", "deepspeed"] = Field("auto", description="Lightning strategy")
+    num_nodes: int = Field(1, ge=1, description="machines (SLURM or torchrun launch one process per device on each)")
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="Lightning strategy: auto (ddp when devices x num_nodes > 1), ddp (data parallel), fsdp "
+        "(sharded data parallel); the "
+        "global batch, accumulation and lr schedule stay the config's whatever devices x num_nodes is"
+    )
     cache_dir: str | None = Field(
         None, description="cache for tokenizers and tokenized corpora; null = $HARNESS_CACHE_DIR or ~/.cache/harness"
     )
@@ -339,12 +344,13 @@ class RunConfig(ConfigSection):
 
     def _check_update_split(self) -> None:
         """Every update must be exactly the size the config says, however it is split into micro-batches."""
-        micro, per_update, devices = self.impl.micro_batch_size, self.optim.batch_size, self.impl.devices
+        micro, per_update, devices = self.impl.micro_batch_size, self.optim.batch_size, self.world_size()
         tokens = self.optim.batch_tokens
         if tokens is None and per_update % ((micro or 1) * devices):
             field = f"impl.micro_batch_size = {micro} x " if micro else ""
+            nodes = f" x impl.num_nodes = {self.impl.num_nodes}" if self.impl.num_nodes > 1 else ""
             raise ValueError(
-                f"{field}impl.devices = {devices} does not divide optim.batch_size = {per_update}; "
+                f"{field}impl.devices = {self.impl.devices}{nodes} does not divide optim.batch_size = {per_update}; "
                 f"allowed: a batch size that is a multiple of {(micro or 1) * devices}"
             )
         parts = self.grad_accumulation() * devices
@@ -356,9 +362,13 @@ class RunConfig(ConfigSection):
             )
 
     # Derived values live here as methods so every consumer computes them the same way.
+    def world_size(self) -> int:
+        """Training processes: devices per machine x machines. Each takes 1 / world_size of every update."""
+        return self.impl.devices * self.impl.num_nodes
+
     def grad_accumulation(self) -> int:
         micro = self.impl.micro_batch_size or self.optim.batch_size
-        return max(1, self.optim.batch_size // (micro * self.impl.devices))
+        return max(1, self.optim.batch_size // (micro * self.world_size()))
 
     def run_id(self) -> str:
         """Hash of the outcome-affecting fields only: equal ids mean equal experiments."""

@@ -31,7 +31,7 @@ def nominal_tokens_per_update(config: RunConfig) -> int:
 
 
 def resolve_recipe(config: RunConfig) -> Recipe:
-    accumulate, devices = config.grad_accumulation(), config.impl.devices
+    accumulate, devices = config.grad_accumulation(), config.world_size()
     micro_tokens = None if config.optim.batch_tokens is None else config.optim.batch_tokens // (accumulate * devices)
     budget = TrainBudget(max_steps=config.budget.max_steps, max_tokens=config.budget.max_tokens, accumulate=accumulate,
                          devices=devices, micro_batch_tokens=micro_tokens,

@@ -101,6 +101,18 @@ def prepare_run_dir(config: RunConfig, results_root: str | Path) -> RunDir:
     return RunDir(path, status)
 
 
+def open_prepared_run_dir(config: RunConfig, results_root: str | Path) -> RunDir:
+    """The run directory as a process other than rank 0 sees it: prepared by rank 0 (config checked, relaunch
+    recorded once), only read here."""
+    path = run_dir(results_root, config)
+    if not (path / CONFIG_FILE).is_file():
+        raise RunDirError(f"run directory {path} has no {CONFIG_FILE}: rank 0 did not prepare it (is --results on a "
+                          "file system every process sees?)")
+    status: RunStatus = ("done" if is_done(path)
+                         else "resumable" if (path / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file() else "new")
+    return RunDir(path, status)
+
+
 def _outcome_of(config: dict[str, Any]) -> dict[str, Any]:
     return {section: config[section] for section in OUTCOME_SECTIONS}
 

@@ -23,10 +23,11 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from harness.config import ImplConfig, RunConfig
 from harness.data.module import PretrainDataModule
+from harness.distributed import build_strategy, check_launch, join_early, rank_zero_first, this_process
 from harness.models.dropout import use_torch_dropout
 from harness.paths import atomic_dir
 from harness.recipe import Recipe, build_datamodule, build_module, nominal_tokens_per_update, resolve_recipe
-from harness.runs import RunDir, prepare_run_dir, read_final_metrics, write_final_metrics
+from harness.runs import RunDir, open_prepared_run_dir, prepare_run_dir, read_final_metrics, write_final_metrics
 
 EXPORT_DIR = "model"
 
@@ -67,7 +68,8 @@ def build_trainer(config: RunConfig, run: RunDir, recipe: Recipe, data: Pretrain
     return pl.Trainer(
         max_steps=data.total_updates, max_epochs=-1, accumulate_grad_batches=recipe.accumulate,
         gradient_clip_val=config.optim.clip_grad_norm or None, precision=resolve_precision(impl),
-        accelerator=impl.accelerator, devices=impl.devices, strategy=impl.strategy,
+        accelerator=impl.accelerator, devices=impl.devices, num_nodes=impl.num_nodes,
+        strategy=build_strategy(impl.strategy, config.world_size()),
         use_distributed_sampler=False,  # our sampler shards by rank itself (deterministic, resumable)
         val_check_interval=config.budget.val_every_steps * recipe.accumulate, check_val_every_n_epoch=None,
         num_sanity_val_steps=0, log_every_n_steps=config.logging.log_every_steps,
@@ -130,17 +132,25 @@ def cpu_has_fast_bf16() -> bool:
 
 def pretrain(config: RunConfig, data_dir: str | Path | None = None, results_root: str | Path = "results",
              extra_callbacks: list[Callback] = ()) -> dict[str, Any]:
-    """Train (or resume, or return) the run of `config`; returns its final metrics."""
-    run = prepare_run_dir(config, results_root)
-    if run.done:
-        return read_final_metrics(run)
+    """Train (or resume, or return) the run of `config`; returns its final metrics (on rank 0; {} on the others).
+
+    With several processes (harness.distributed) rank 0 prepares the run directory and the data cache first, and
+    is the only one to write them."""
+    process = this_process()
+    check_launch(process, config.world_size())
+    join_early(process, config.impl.accelerator)
     if config.impl.threads:
         torch.set_num_threads(config.impl.threads)
     reuse_freed_memory(config.impl.allocator == "reuse")
-    recipe = resolve_recipe(config)
     pl.seed_everything(config.seed, workers=True, verbose=False)  # initialisation depends only on the seed
+    recipe = resolve_recipe(config)
     data = build_datamodule(config, recipe, data_dir)
-    data.prepare_data()
+    with rank_zero_first(process):
+        run = prepare_run_dir(config, results_root) if process.is_zero else open_prepared_run_dir(config, results_root)
+        if not run.done and process.is_zero:
+            data.prepare_data()  # tokenizer and tokenized corpus, cached for the other ranks
+    if run.done:
+        return read_final_metrics(run) if process.is_zero else {}
     data.setup("fit")
     module = build_module(config, recipe, data)
     plan = training_plan(config, data)

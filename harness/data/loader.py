@@ -64,7 +64,8 @@ def batches_by_padded_tokens(lengths: np.ndarray, seed: int, epoch: int, max_tok
 
 class EpochBatchSampler(Sampler[list[Key]]):
     """One pass over the examples in a fixed order (validation): by a number of examples or a real-token budget,
-    sharded by rank (the uneven tail is dropped so every process runs the same number of steps)."""
+    batches dealt round-robin to the ranks. Nothing is dropped, so every number of processes scores the same
+    examples; ranks may run one batch more than others (validation steps hold no collective)."""
 
     def __init__(self, lengths: Sequence[int] | np.ndarray, *, seed: int, shuffle: bool, batch_size: int | None = None,
                  max_tokens: int | None = None, drop_last: bool = False, rank: int = 0, world_size: int = 1) -> None:
@@ -82,8 +83,7 @@ class EpochBatchSampler(Sampler[list[Key]]):
             batches = batches_by_tokens(order, self.lengths, self.max_tokens)
         else:
             batches = batches_by_count(order, self.batch_size, self.drop_last)
-        usable = len(batches) - len(batches) % self.world_size
-        return batches[self.rank : usable : self.world_size]
+        return batches[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[list[Key]]:
         for batch in self._batches():
