@@ -86,10 +86,15 @@ def build_strategy(strategy: str, world_size: int) -> Any:
     not re-broadcast buffers before every forward: ours are constants (position ids) and counters summed over all
     ranks (tokens seen), equal on every rank, and the broadcast would make validation with an uneven number of
     batches per rank hang."""
+    import inspect
+
     from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy
+    from torch.nn.parallel import DistributedDataParallel
 
     if strategy == "fsdp":
         return FSDPStrategy()
     if strategy == "ddp" or world_size > 1:
-        return DDPStrategy(broadcast_buffers=False)
+        # newer torch calls it forward_sync_buffers (and deprecates broadcast_buffers); older torch has only the latter
+        newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+        return DDPStrategy(**{"forward_sync_buffers" if newer else "broadcast_buffers": False})
     return "auto"

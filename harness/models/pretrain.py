@@ -253,20 +253,21 @@ class PretrainModule(pl.LightningModule):
             self.val_nsp_acc.update(out["nsp_logits"].argmax(-1), target)
 
     def on_validation_epoch_end(self) -> None:
-        # Mean over every masked token of the validation set (not a mean of batch means), synced across ranks.
+        # Mean over every masked token of the validation set (not a mean of batch means), synced across ranks by
+        # torchmetrics: every rank logs the same value, and sync_dist (a mean of equal values) only says so.
         loss = self.val_mlm_loss.compute()
-        self.log("val/mlm_loss", loss)
-        self.log("val/ppl", torch.exp(loss))
+        self.log("val/mlm_loss", loss, sync_dist=True)
+        self.log("val/ppl", torch.exp(loss), sync_dist=True)
         self.val_mlm_loss.reset()
         if self.nsp:
-            self.log("val/nsp_loss", self.val_nsp_loss.compute())
-            self.log("val/nsp_acc", self.val_nsp_acc.compute())
+            self.log("val/nsp_loss", self.val_nsp_loss.compute(), sync_dist=True)
+            self.log("val/nsp_acc", self.val_nsp_acc.compute(), sync_dist=True)
             self.val_nsp_loss.reset()
             self.val_nsp_acc.reset()
         if self.common_val.update_count:
             # add_dataloader_idx=False: one curve per figure, whichever loader is current when this hook runs
             for name, value in self.common_val.compute().items():
-                self.log(f"common_val/{name}", value, add_dataloader_idx=False)
+                self.log(f"common_val/{name}", value, add_dataloader_idx=False, sync_dist=True)
             self.common_val.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
