@@ -93,7 +93,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks is not None else None
     result = sweep(args.grid, scale=args.scale, results=args.results, data_dir=args.data_dir,
                    overrides=args.overrides, tasks=tasks, workers=args.workers, dry_run=args.dry_run, only=args.only,
-                   max_jobs=args.max_jobs, retry_failed=args.retry_failed)
+                   max_jobs=args.max_jobs, retry_failed=args.retry_failed, launcher=args.launcher,
+                   address=args.address)
     return result.exit_status
 
 
@@ -161,7 +162,13 @@ def _sweep_args(command: argparse.ArgumentParser, grid: Path | None = None) -> N
     command.add_argument("--data-dir", type=Path, default=None,
                          help="root for relative corpus and task paths (default: $HARNESS_DATA_DIR)")
     command.add_argument("--workers", type=int, default=1,
-                         help="jobs in parallel on this machine; the cores are split between them")
+                         help="jobs in parallel; the cores (of the Ray cluster with --launcher ray) are split between "
+                         "them")
+    command.add_argument("--launcher", default="local", metavar="{local,ray}",
+                         help="local: worker processes on this machine (default); ray: Ray tasks, on a local Ray "
+                         "instance or the cluster at --address (pip install 'harness[ray]')")
+    command.add_argument("--address", metavar="ADDR", help="with --launcher ray: an existing Ray cluster, e.g. auto or "
+                         "ray://head:10001; --results must be on a file system every node shares")
     command.add_argument("--only", metavar="PATTERN", help="run only jobs whose name matches this glob "
                          "(e.g. 'pretrain/*', '*/sst2/*'), with the pre-training runs they need")
     command.add_argument("--max-jobs", type=int, help="run at most N jobs, then stop")

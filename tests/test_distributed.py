@@ -24,7 +24,8 @@ STEPS = 8
 # SEGMENT-PAIR + NSP (the paper's BERT re-implementation): both losses are normalised over the whole update.
 # fp32 and no dropout: the two runs differ only by the order of floating-point sums.
 SETTINGS = ["recipe=bert-reimpl", "data.masking=dynamic", "corpus.layout=wikitext",
-            "corpus.path=corpora/wikitext-2-raw/wiki.valid.raw", "corpus.max_documents=24", "corpus.validation_fraction=0.15", f"budget.max_steps={STEPS}",
+            "corpus.path=corpora/wikitext-2-raw/wiki.valid.raw", "corpus.max_documents=24",
+            "corpus.validation_fraction=0.15", f"budget.max_steps={STEPS}",
             "budget.val_every_steps=4", "impl.checkpoint_every_steps=4", "optim.batch_size=16", "model.dropout=0.0",
             "impl.precision=32-true", "impl.fast_dropout=false", "impl.progress_bar=false", "logging.wandb=false",
             "logging.log_every_steps=1", "impl.threads=1"]

@@ -3,11 +3,12 @@
 1. load and validate the grid (harness.study.grid) and expand it into jobs (harness.study.jobs): any error stops
    here, before any work, with one line;
 2. print the plan: jobs in total, done, partial, failed, to do, and the compute left;
-3. run what is missing on local worker processes (harness.study.launch_local), pre-training runs before the
-   fine-tuning trials that need them. A done job is never run again; a partial one resumes; a failed one is
-   recorded (failed.json) and skipped until --retry-failed, and never stops the others;
+3. run what is missing on local worker processes (harness.study.launch_local) or as Ray tasks
+   (harness.study.launch_ray, `launcher="ray"`), pre-training runs before the fine-tuning trials that need them.
+   A done job is never run again; a partial one resumes; a failed one is recorded (failed.json) and skipped until
+   --retry-failed, and never stops the others;
 4. print the table rebuilt from the run directories (harness.study.results) and the failures.
-Ctrl-C stops the workers; the interrupted jobs are partial and the same command continues them.
+Ctrl-C stops the workers (cancels the Ray tasks); the interrupted jobs are partial and the same command continues them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from harness.study.jobs import FinetuneJob, Job, Plan, estimate, expand, format_
 from harness.study.launch_local import LocalLauncher, threads_per_worker
 from harness.study.report import write_study_file
 from harness.study.results import comparison_table, format_table
+
+LAUNCHERS = ("local", "ray")
 
 
 @dataclass
@@ -43,12 +46,14 @@ class SweepResult:
 def sweep(grid: str | Path, *, scale: str | None = None, results: str | Path = "results",
           data_dir: str | Path | None = None, overrides: list[str] | None = None, tasks: list[str] | None = None,
           workers: int = 1, dry_run: bool = False, only: str | None = None, max_jobs: int | None = None,
-          retry_failed: bool = False, out: TextIO | None = None) -> SweepResult:
+          retry_failed: bool = False, launcher: str = "local", address: str | None = None,
+          out: TextIO | None = None) -> SweepResult:
     """Run the missing jobs of a grid file (see the module docstring); returns what happened. Raises GridError
     (one line) for any bad input before any work."""
     out = out or sys.stdout
     if workers < 1 or (max_jobs is not None and max_jobs < 1):
         raise GridError(f"--workers {workers} / --max-jobs {max_jobs}: allowed: integers >= 1")
+    check_launcher(launcher, address)
     plan = expand(load_grid(grid, scale, overrides, tasks, data_dir), results)
     selected = plan.select(only)
     if not selected:
@@ -70,7 +75,7 @@ def sweep(grid: str | Path, *, scale: str | None = None, results: str | Path = "
         return result
     if todo:
         run_jobs(plan, todo, workers, result, Display(len(selected), sum(statuses[j.name] == "done"
-                                                                           for j in selected)))
+                                                                           for j in selected)), launcher, address)
     result.table = comparison_table(plan)
     print(format_table(result.table), file=out)
     _print_summary(result, out)
@@ -91,12 +96,37 @@ def print_plan(plan: Plan, selected: list[Job], statuses: dict[str, RecordStatus
     print(f"  {estimate(plan, statuses).describe()}", file=out, flush=True)
 
 
-def run_jobs(plan: Plan, todo: list[Job], workers: int, result: SweepResult, display: Display) -> None:
+def check_launcher(launcher: str, address: str | None) -> None:
+    """--launcher and --address, and that Ray imports when asked for: one line, before any work."""
+    if launcher not in LAUNCHERS:
+        raise GridError(f"--launcher {launcher}: allowed: {', '.join(LAUNCHERS)}")
+    if address is not None and launcher != "ray":
+        raise GridError(f"--address {address}: only with --launcher ray (allowed: --launcher ray --address ADDR)")
+    if launcher == "ray":
+        try:
+            import harness.study.launch_ray  # noqa: F401
+        except ImportError as err:
+            missing = "ray is not installed" if err.name == "ray" else f"ray does not import ({err})"
+            raise GridError(f"--launcher ray: {missing}; install it with pip install 'harness[ray]'") from None
+
+
+def start_launcher(kind: str, slots: int, workers: int, address: str | None) -> Any:
+    """A launcher (LocalLauncher or RayLauncher: idle / running / submit / poll / shutdown, and `threads`, each
+    job's share of the cores); ray is imported only here, for the ray launcher."""
+    if kind == "ray":
+        from harness.study.launch_ray import RayLauncher
+
+        return RayLauncher(slots, workers, address)
+    return LocalLauncher(slots, threads_per_worker(workers))
+
+
+def run_jobs(plan: Plan, todo: list[Job], workers: int, result: SweepResult, display: Display,
+             kind: str = "local", address: str | None = None) -> None:
     """Feed ready jobs to idle workers until none is left; record failures; Ctrl-C stops cleanly."""
-    threads = threads_per_worker(workers)
-    launcher = LocalLauncher(min(workers, len(todo)), threads)
-    pending, paths = list(todo), {}
+    launcher, pending, paths = None, list(todo), {}
     try:
+        launcher = start_launcher(kind, min(workers, len(todo)), workers, address)
+        threads = launcher.threads
         while True:
             for slot in launcher.idle():
                 job = _next_ready(plan, pending, result)
@@ -111,7 +141,8 @@ def run_jobs(plan: Plan, todo: list[Job], workers: int, result: SweepResult, dis
                 _handle(event, paths, result, display)
             display.refresh(launcher.running())
     except KeyboardInterrupt:
-        launcher.shutdown(now=True)
+        if launcher is not None:
+            launcher.shutdown(now=True)
         result.interrupted = True
         print("\ninterrupted: the running jobs are left partial; run the same command to continue",
               file=sys.stderr)

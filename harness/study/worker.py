@@ -4,6 +4,7 @@ out of memory or is killed never takes the sweep down.
 Protocol over a multiprocessing pipe: the sweep sends a job payload (harness.study.jobs.payload) or None (stop);
 the worker answers ("progress", name, step, total) now and then, then ("done", name) or ("failed", name, message).
 A job that raises gets failed.json (message and traceback) in its directory; its final metrics are never written.
+`run_payload` is that whole job-running path; the Ray launcher (harness.study.launch_ray) calls it in its tasks too.
 Nothing heavy is imported at module level: the thread count must be set before torch loads.
 """
 
@@ -24,13 +25,7 @@ def worker_main(conn: Any, threads: int, parent_pid: int) -> None:
     """Entry point of a spawned worker: serve jobs until told to stop or the sweep goes away."""
     _exit_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the sweep, which stops its workers itself
-    # Split the machine's cores between workers: 2 workers on 2 cores must not run 2 threads each.
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[name] = str(threads)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import torch
-
-    torch.set_num_threads(threads)
+    limit_threads(threads)
     while True:
         try:
             job = conn.recv()
@@ -38,10 +33,23 @@ def worker_main(conn: Any, threads: int, parent_pid: int) -> None:
             return
         if job is None:
             return
-        conn.send(_run(job, lambda step, total, name=job["name"]: conn.send(("progress", name, step, total))))
+        conn.send(run_payload(job, lambda step, total, name=job["name"]: conn.send(("progress", name, step, total))))
 
 
-def _run(job: dict[str, Any], report: Any) -> tuple[str, ...]:
+def limit_threads(threads: int) -> None:
+    """Split the machine's cores between workers: 2 workers on 2 cores must not run 2 threads each. The
+    environment only counts before torch loads (a fresh worker); set_num_threads also in a reused one."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_payload(job: dict[str, Any], report: Any) -> tuple[str, ...]:
+    """Run one job payload, `report(step, total)` now and then; ("done", name) or ("failed", name, message), with
+    failed.json written into the job's directory. Never raises for a failure of the job itself."""
     from harness.runs import clear_failure, write_failure
 
     clear_failure(job["path"])  # a retried job: its last failure is history once it runs again
