@@ -354,6 +354,9 @@ class RunConfig(ConfigSection):
                 f"allowed: a batch size that is a multiple of {(micro or 1) * devices}"
             )
         parts = self.grad_accumulation() * devices
+        if self.impl.strategy == "fsdp" and self.impl.accelerator == "cpu":
+            raise ValueError("impl.strategy = 'fsdp' with impl.accelerator = 'cpu'; allowed: fsdp on 'gpu' (or "
+                             "'auto' on a GPU machine), or impl.strategy = 'ddp' on CPUs")
         if tokens is not None and tokens < parts * self.data.max_seq_length:
             raise ValueError(
                 f"optim.batch_tokens = {tokens} split into {parts} micro-batches (accumulation x devices) leaves "

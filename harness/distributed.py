@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from harness.config import ConfigError
+
 
 @dataclass(frozen=True)
 class Process:
@@ -46,10 +48,14 @@ def this_process() -> Process:
     return Process(local + node, local, int(os.environ.get("WORLD_SIZE", 1)), started_together=False)
 
 
-def check_launch(process: Process, world_size: int) -> None:
-    """A launcher that started another number of processes than the config asks for changes the update split."""
+def check_launch(process: Process, world_size: int, strategy: str, accelerator: str) -> None:
+    """Before any work: FSDP needs CUDA (Lightning's FSDP strategy), and a launcher that started another number of
+    processes than the config asks for would change how every update is split."""
+    if strategy == "fsdp" and (accelerator == "cpu" or not torch.cuda.is_available()):
+        raise ConfigError("impl.strategy = 'fsdp' needs CUDA GPUs (Lightning's FSDP) and this machine has none; "
+                         "allowed here: impl.strategy = 'ddp' or 'auto'")
     if process.started_together and process.world_size != world_size:
-        raise ValueError(
+        raise ConfigError(
             f"the launcher started {process.world_size} processes but impl.devices x impl.num_nodes = {world_size}; "
             "allowed: equal numbers (torchrun --nproc-per-node = impl.devices, --nnodes = impl.num_nodes; SLURM "
             "--ntasks-per-node = impl.devices, --nodes = impl.num_nodes)"

@@ -137,7 +137,7 @@ def pretrain(config: RunConfig, data_dir: str | Path | None = None, results_root
     With several processes (harness.distributed) rank 0 prepares the run directory and the data cache first, and
     is the only one to write them."""
     process = this_process()
-    check_launch(process, config.world_size())
+    check_launch(process, config.world_size(), config.impl.strategy, config.impl.accelerator)
     join_early(process, config.impl.accelerator)
     if config.impl.threads:
         torch.set_num_threads(config.impl.threads)

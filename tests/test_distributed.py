@@ -123,3 +123,34 @@ def test_a_killed_two_process_run_resumes_under_ddp(runs, env, tmp_path):
         np.testing.assert_allclose(stitched[column].dropna().to_numpy(), whole[column].dropna().to_numpy(),
                                    rtol=2e-5, err_msg=column)
     assert json.loads((path / "final_metrics.json").read_text())["steps"] == STEPS
+
+
+def test_a_launch_that_does_not_match_the_config_stops_before_any_work(env, tmp_path):
+    """torchrun started 2 processes, the config asks for impl.devices x impl.num_nodes = 1: one line, no directory."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "harness",
+               "pretrain", "--preset", "tiny", "--results", str(tmp_path / "r")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode != 0
+    assert "the launcher started 2 processes but impl.devices x impl.num_nodes = 1" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["impl.devices=2", "impl.num_nodes=2", "optim.batch_size=6"],
+     "impl.devices = 2 x impl.num_nodes = 2 does not divide optim.batch_size = 6"),
+    (["impl.strategy=fsdp", "impl.accelerator=cpu"], "impl.strategy = 'fsdp' with impl.accelerator = 'cpu'"),
+])
+def test_a_process_layout_that_cannot_keep_the_update_is_refused(overrides, message, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "harness", "pretrain", "--preset", "tiny", *_sets(overrides),
+                             "--results", str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode != 0 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_num_nodes_splits_the_global_batch_like_devices():
+    """The per-process micro-batch is derived from devices x num_nodes: the update stays optim.batch_size."""
+    from harness.recipe import resolve_recipe
+
+    four = resolve_recipe(load_config(None, ["impl.devices=2", "impl.num_nodes=2", "optim.batch_size=32"], "tiny"))
+    one = resolve_recipe(load_config(None, ["optim.batch_size=32"], "tiny"))
+    assert (four.micro_batch_size, four.budget.devices, four.accumulate) == (8, 4, 1)
+    assert (one.micro_batch_size, one.budget.devices) == (32, 1)
