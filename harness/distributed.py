@@ -28,6 +28,8 @@ class Process:
     local_rank: int
     world_size: int
     started_together: bool  # torchrun / SLURM started every rank at once (else Lightning starts ranks > 0 later)
+    main_address: str = "127.0.0.1"  # where rank 0 listens (ranks started together)
+    main_port: int = 0
 
     @property
     def is_zero(self) -> bool:
@@ -41,7 +43,8 @@ def this_process() -> Process:
     for environment in (TorchElasticEnvironment, SLURMEnvironment):
         if environment.detect():
             env = environment()
-            return Process(env.global_rank(), env.local_rank(), env.world_size(), started_together=True)
+            return Process(env.global_rank(), env.local_rank(), env.world_size(), started_together=True,
+                           main_address=env.main_address, main_port=env.main_port)
     # Lightning's own launcher gives the ranks it starts LOCAL_RANK, NODE_RANK and WORLD_SIZE; the command that
     # launches them has none of these (rank 0). Lightning assigns global ranks itself, inside trainer.fit.
     local, node = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("NODE_RANK", 0))
@@ -67,6 +70,8 @@ def join_early(process: Process, accelerator: str) -> None:
     so they can wait for rank 0's preparation. gloo carries CPU tensors, NCCL CUDA ones."""
     if not process.started_together or process.world_size == 1 or torch.distributed.is_initialized():
         return
+    # as Lightning does before it joins: SLURM names the root node and port only through its environment
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = process.main_address, str(process.main_port)
     backend = "gloo"
     if accelerator != "cpu" and torch.cuda.is_available():
         torch.cuda.set_device(process.local_rank)

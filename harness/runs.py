@@ -68,8 +68,7 @@ class RunDir:
 
     @property
     def last_checkpoint(self) -> Path | None:
-        last = self.checkpoint_dir / LAST_CHECKPOINT
-        return last if last.is_file() else None
+        return newest_checkpoint(self.path)
 
     @property
     def final_metrics_path(self) -> Path:
@@ -78,6 +77,13 @@ class RunDir:
     @property
     def done(self) -> bool:
         return self.status == "done"
+
+
+def newest_checkpoint(path: Path) -> Path | None:
+    """What a relaunch resumes from: checkpoints/last.ckpt (every impl.checkpoint_every_steps updates), or the
+    checkpoint Lightning saves in the run directory when SLURM pre-empts a job (hpc_ckpt_N.ckpt), the newer one."""
+    candidates = [p for p in (path / CHECKPOINT_DIR / LAST_CHECKPOINT, *path.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
 
 
 def run_dir(results_root: str | Path, config: RunConfig) -> Path:
@@ -109,7 +115,7 @@ def open_prepared_run_dir(config: RunConfig, results_root: str | Path) -> RunDir
         raise RunDirError(f"run directory {path} has no {CONFIG_FILE}: rank 0 did not prepare it (is --results on a "
                           "file system every process sees?)")
     status: RunStatus = ("done" if is_done(path)
-                         else "resumable" if (path / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file() else "new")
+                         else "resumable" if newest_checkpoint(path) else "new")
     return RunDir(path, status)
 
 
@@ -143,8 +149,8 @@ def open_record(path: Path, config_file: str, config_text: str, outcome: dict[st
     - a config whose outcome fields (`stored_outcome(config path)`) differ from `outcome` -> RunDirError naming
       the first differing field; a config that cannot be read -> RunDirError;
     - final_metrics.json present -> 'done', untouched;
-    - otherwise a relaunch: its environment is appended to env.json -> 'resumable' when checkpoints/last.ckpt
-      exists, else 'new'.
+    - otherwise a relaunch: its environment is appended to env.json -> 'resumable' when it has a checkpoint
+      (`newest_checkpoint`), else 'new'.
     `environment` is called only after the config is on disk: a failing probe never leaves a nameless directory.
     """
     config_path = path / config_file
@@ -160,7 +166,7 @@ def open_record(path: Path, config_file: str, config_text: str, outcome: dict[st
     _refuse_other_config(path, stored, json.loads(json.dumps(outcome)))  # compare as stored: tuples -> lists
     if is_done(path):
         return "done"
-    status: RunStatus = "resumable" if (path / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file() else "new"
+    status: RunStatus = "resumable" if newest_checkpoint(path) else "new"
     _record_relaunch(path / ENV_FILE, environment, status)
     return status
 

@@ -138,3 +138,20 @@ def test_one_protocol_for_any_record_names_the_first_differing_field(tmp_path):
     with pytest.raises(RunDirError, match=r"\(settings.epochs: 3 there, 2 now\)"):
         open_trial({"task": "sst2", "settings": {"epochs": 2}})
     assert runs.record_status(path) == "partial"
+
+
+def test_a_relaunch_resumes_from_the_newer_of_last_and_a_slurm_preemption_checkpoint(tmp_path, config):
+    """SLURM pre-emption makes Lightning save hpc_ckpt_N.ckpt in the run directory; a relaunch takes it when it is
+    newer than checkpoints/last.ckpt (and a run pre-empted before its first checkpoint is resumable)."""
+    import os
+
+    path = prepare_run_dir(config, tmp_path).path
+    hpc = path / "hpc_ckpt_1.ckpt"
+    hpc.write_bytes(b"x")
+    assert prepare_run_dir(config, tmp_path).status == "resumable"
+    assert prepare_run_dir(config, tmp_path).last_checkpoint == hpc
+    last = path / "checkpoints" / "last.ckpt"
+    last.parent.mkdir()
+    last.write_bytes(b"y")
+    os.utime(hpc, (1, 1))
+    assert prepare_run_dir(config, tmp_path).last_checkpoint == last
