@@ -126,6 +126,64 @@ def build_report(folder: str | Path) -> StudyReport:
     return report
 
 
+def paper_orderings(report: StudyReport) -> list[dict[str, Any]]:
+    """For every pair of our points whose published rows the paper orders the same way on all its columns: which
+    one the paper finds better, and per column of ours whether this study reproduces that ordering beyond the
+    seeds' spread (the 95% interval of the difference excludes zero, same direction), contradicts it (excludes
+    zero, other direction) or cannot tell (the interval holds zero, or one seed per arm).
+
+    Where the paper reports a column itself (a task, or ppl in Table 3), its own ordering on that column is the one
+    tested; on our other columns (the common held-out bits per character, tasks the paper does not report) the
+    ordering the paper finds on all its columns. Pairs the paper's columns disagree on are listed as such."""
+    if not len(report.cells) or not report.paper:
+        return []
+    cells = report.cells.set_index(["point", "column"])
+    points = [p.label for p in report.study.points if paper_row(report, p.label)]
+    rows = []
+    for i, first in enumerate(points):
+        for second in points[i + 1:]:
+            published = {c: _better(paper_row(report, first)[c], paper_row(report, second)[c], c)
+                         for c in report.paper["columns"] if c in paper_row(report, first)
+                         and c in paper_row(report, second)}
+            signs = {sign for sign in published.values() if sign}
+            overall = signs.pop() if len(signs) == 1 else 0
+            for column in report.columns:
+                paper_sign = published[column] if column in published else overall
+                if not paper_sign:
+                    reason = ("the paper ties" if column in published
+                              else "the paper's columns disagree" if published else "no paper order")
+                    rows.append({"better": first, "worse": second, "column": column, "basis": "none",
+                                 "verdict": reason})
+                    continue
+                better, worse = (first, second) if paper_sign > 0 else (second, first)
+                rows.append({"better": better, "worse": worse, "column": column,
+                             "basis": "this column" if column in published else "all its columns",
+                             **_ordering_verdict(cells.loc[(better, column)], cells.loc[(worse, column)], column)})
+    return rows
+
+
+def _better(a: float, b: float, column: str) -> int:
+    """+1 when a is the better value on `column`, -1 when b is, 0 for a tie."""
+    diff = (b - a) if column in LOWER_IS_BETTER else (a - b)
+    return int(diff > 0) - int(diff < 0)
+
+
+def _ordering_verdict(better: Any, worse: Any, column: str) -> dict[str, Any]:
+    """Our `better - worse` difference, oriented so that positive means "as the paper orders them"."""
+    if not better["n"] or not worse["n"]:
+        return {"verdict": "missing", "margin": None, "ci_low": None, "ci_high": None, "n": 0}
+    a, b, paired = _aligned(better, worse)
+    sign = -1.0 if column in LOWER_IS_BETTER else 1.0
+    margin = sign * (better["median"] - worse["median"])
+    low, high = sorted(sign * x for x in bootstrap_ci(a, b, paired))
+    n = min(len(a), len(b))
+    if n < 2 or low <= 0 <= high:
+        text = "cannot tell"
+    else:
+        text = "reproduces" if low > 0 else "contradicts"
+    return {"verdict": text, "margin": margin, "ci_low": low, "ci_high": high, "n": n}
+
+
 def load_paper_tables() -> dict[str, Any]:
     """The paper's Tables 1-3 (package data), keyed by study name."""
     return yaml.safe_load(PAPER_TABLES.read_text(encoding="utf-8"))

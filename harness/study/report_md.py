@@ -20,6 +20,7 @@ from harness.study.report import (
     StudyReport,
     build_report,
     find_studies,
+    paper_orderings,
     paper_row,
 )
 
@@ -116,6 +117,36 @@ def comparison_markdown(report: StudyReport) -> str:
     return "\n".join([*lines, "", *(f"- {w}" for w in words)])
 
 
+def orderings_markdown(report: StudyReport) -> str:
+    """The paper's orderings tested at this scale: one row per (ordered pair, column), then one count per column."""
+    from collections import Counter
+
+    rows = paper_orderings(report)
+    if not rows:
+        return "(no published rows to order for this study)"
+    head = ["the paper finds", "column", "paper's basis", "ours: better - worse (95% CI)", "n", "verdict"]
+    lines = [_md_row(head), _md_row(["---"] * len(head))]
+    counts: dict[str, Counter] = {column: Counter() for column in report.columns}
+    for row in rows:
+        if row.get("margin") is None:
+            margin = ""
+        else:
+            margin = f"{_signed(row['margin'])} [{_signed(row['ci_low'])}, {_signed(row['ci_high'])}]"
+        lines.append(_md_row([f"{row['better']} over {row['worse']}", row["column"], row["basis"], margin,
+                              str(row.get("n", "")), row["verdict"]]))
+        counts[row["column"]][row["verdict"]] += 1
+    verdicts = ("reproduces", "contradicts", "cannot tell")
+    summary = [f"- {column}: " + ", ".join(f"{word} {tally[word]}" for word in verdicts)
+               + "".join(f", {word} {n}" for word, n in tally.items() if word not in verdicts)
+               + f" (of {sum(tally.values())})" for column, tally in counts.items()]
+    notes = ["", "Positive margins go the paper's way (for ppl and bpc, lower is better). Reproduces / contradicts: "
+             "the 95% bootstrap interval over seeds excludes zero on the paper's / the other side; cannot tell: it "
+             "holds zero, or one seed per arm. Basis \"this column\": the paper reports this column and orders the "
+             "pair on it; \"all its columns\": a column the paper does not report, tested against the ordering "
+             "the paper finds on every column it does report."]
+    return "\n".join([*lines, *notes, "", "Per column:", "", *summary])
+
+
 def latex_table(report: StudyReport) -> str:
     """The paper-layout table as a booktabs tabular (median, spread as a subscript range, n)."""
     cells = report.cells.set_index(["point", "column"])
@@ -150,6 +181,7 @@ def report_markdown(report: StudyReport, figures: list[Path], target: Path, comm
              "## Our table", "", markdown_table(report), "",
              "## The paper", "", paper_markdown(report), "",
              "## Differences from the reference", "", comparison_markdown(report), "",
+             "## The paper's orderings at this scale", "", orderings_markdown(report), "",
              "## Figures", "", *(f"![{f.stem}]({f.relative_to(target).as_posix()})" for f in figures
                                  if f.suffix == ".png"), "",
              "## Missing and skipped", "", *_missing_lines(report), "",
