@@ -117,17 +117,21 @@ DATA_SOURCES: dict[str, Callable[[int, int, int, int], BenchData]] = {"synthetic
                                                                       "wikitext": wikitext_data}
 
 
+Rates = dict[str, float]  # arm -> tokens per second
+
+
 # ---- the arms ---------------------------------------------------------------------------------------------------
 class StepClock:
     """Wall-clock and process CPU time at the end of every update. On a shared machine the wall clock measures
-    the neighbours too; CPU seconds (all threads) are a steadier, if rougher, second opinion."""
+    the neighbours too; CPU seconds (all threads) are a steadier, if rougher, second opinion. Token counts may be
+    device tensors, read only in rates(): reading a GPU counter at every update would add a host sync."""
 
     def __init__(self) -> None:
         self.wall: list[float] = []
         self.cpu: list[float] = []
-        self.tokens: list[float] = []  # real tokens seen so far, for arms whose updates differ in size
+        self.tokens: list[float | torch.Tensor] = []  # real tokens seen so far, for arms whose updates differ in size
 
-    def tick(self, tokens_seen: float | None = None) -> None:
+    def tick(self, tokens_seen: float | torch.Tensor | None = None) -> None:
         self.wall.append(time.perf_counter())
         self.cpu.append(time.process_time())
         if tokens_seen is not None:
@@ -137,7 +141,7 @@ class StepClock:
         """(tokens per wall second, tokens per CPU second) over the updates after `warmup`."""
         tokens = (len(self.wall) - warmup) * tokens_per_step
         if self.tokens:
-            tokens = self.tokens[-1] - self.tokens[warmup - 1]
+            tokens = float(self.tokens[-1] - self.tokens[warmup - 1])
         return tokens / (self.wall[-1] - self.wall[warmup - 1]), tokens / (self.cpu[-1] - self.cpu[warmup - 1])
 
 
@@ -153,7 +157,8 @@ def optim_config(args: argparse.Namespace) -> OptimConfig:
     return OptimConfig(peak_lr=5e-4, warmup_fraction=0.06, batch_size=args.batch_size)
 
 
-def run_hf_trainer(args: argparse.Namespace, data: BenchData, clock: StepClock, bf16: bool = False) -> None:
+def run_hf_trainer(args: argparse.Namespace, data: BenchData, clock: StepClock, bf16: bool = False,
+                   device: str = "cpu") -> None:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     class Tick(TrainerCallback):
@@ -166,7 +171,7 @@ def run_hf_trainer(args: argparse.Namespace, data: BenchData, clock: StepClock, 
             output_dir=out, per_device_train_batch_size=args.batch_size, max_steps=args.warmup + args.steps,
             learning_rate=optim.peak_lr, weight_decay=optim.weight_decay, adam_beta1=optim.betas[0],
             adam_beta2=optim.betas[1], adam_epsilon=optim.eps, warmup_steps=optim.warmup_fraction,
-            lr_scheduler_type="linear", max_grad_norm=optim.clip_grad_norm, use_cpu=True, report_to="none",
+            lr_scheduler_type="linear", max_grad_norm=optim.clip_grad_norm, use_cpu=device == "cpu", report_to="none",
             save_strategy="no", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, seed=0,
             bf16=bf16)
         Trainer(model=build_model(args, data), args=training_args, train_dataset=data.dataset,
@@ -234,7 +239,7 @@ def run_ours_pretrain(args: argparse.Namespace, data: BenchData, clock: StepCloc
 
     class Tick(pl.Callback):
         def on_train_batch_end(self, trainer: pl.Trainer, module: Any, *_: Any) -> None:
-            clock.tick(float(module.tokens_seen))
+            clock.tick(module.tokens_seen.clone())  # a device copy, read after the run: no sync per update
 
     steps = args.warmup + args.steps
     config = load_config(overrides=[
@@ -306,25 +311,31 @@ def main(argv: list[str] | None = None) -> None:
         print("accelerate is not installed: skipping the hf-trainer arm; the baseline is hf-loop (the same dense "
               "model and optimiser without the Trainer's overhead, so the ratios are conservative)")
         args.arms.remove("hf-trainer")
-    wall: dict[str, list[float]] = {arm: [] for arm in args.arms}
-    cpu: dict[str, list[float]] = {arm: [] for arm in args.arms}
+    wall, cpu = run_arms(argv if argv is not None else sys.argv[1:], args.arms, args.repeats)
+    report(args, data, wall, cpu)
+
+
+def run_arms(argv: list[str], arms: list[str], repeats: int, script: str = __file__) -> tuple[Rates, Rates]:
+    """(median tokens/s, median tokens/CPU-s) per arm: every arm once per repeat, interleaved, each in a fresh
+    `script --child ARM` process."""
+    wall: dict[str, list[float]] = {arm: [] for arm in arms}
+    cpu: dict[str, list[float]] = {arm: [] for arm in arms}
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
-    for repeat in range(args.repeats):
-        for arm in args.arms:
-            wall_rate, cpu_rate = run_child(argv if argv is not None else sys.argv[1:], arm)
+    for repeat in range(repeats):
+        for arm in arms:
+            wall_rate, cpu_rate = run_child(argv, arm, script)
             wall[arm].append(wall_rate)
             cpu[arm].append(cpu_rate)
-            print(f"repeat {repeat + 1}/{args.repeats} {arm:18s} {wall_rate:9.0f} tokens/s "
+            print(f"repeat {repeat + 1}/{repeats} {arm:18s} {wall_rate:9.0f} tokens/s "
                   f"{cpu_rate:9.0f} tokens/CPU-s  load {os.getloadavg()[0]:.1f}", flush=True)
-    report(args, data, {arm: statistics.median(v) for arm, v in wall.items()},
-           {arm: statistics.median(v) for arm, v in cpu.items()})
+    return {arm: statistics.median(v) for arm, v in wall.items()}, {arm: statistics.median(v) for arm, v in cpu.items()}
 
 
-def run_child(argv: list[str], arm: str) -> tuple[float, float]:
+def run_child(argv: list[str], arm: str, script: str = __file__) -> tuple[float, float]:
     """One arm, one repeat, in a fresh interpreter: process-wide settings an arm makes (impl.allocator's mallopt,
-    thread pools, autocast caches) never leak into the next arm, so the Hugging Face arms run at glibc's and
-    torch's defaults whatever ran before them."""
-    command = [sys.executable, __file__, *argv, "--child", arm]
+    thread pools, autocast caches, a CUDA context) never leak into the next arm, so the Hugging Face arms run at
+    glibc's and torch's defaults whatever ran before them."""
+    command = [sys.executable, script, *argv, "--child", arm]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"arm {arm} failed ({' '.join(command)}):\n{done.stderr[-3000:]}")
@@ -366,15 +377,19 @@ def arm_uses_bf16(arm: str) -> bool:
     return arm.endswith("-bf16")
 
 
-def matmul_ceiling(dtype: torch.dtype, size: int = 1024, seconds: float = 1.0) -> float:
-    """GFLOP/s of square matmuls at `dtype`: what the model's math could reach on this machine at best."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+def matmul_ceiling(dtype: torch.dtype, size: int = 1024, seconds: float = 1.0, device: str = "cpu") -> float:
+    """GFLOP/s of square matmuls at `dtype`: what the model's math could reach on this device at best."""
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
+    # CUDA launches return at once: wait for the device before starting and before stopping the clock.
+    synchronize = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     for _ in range(3):
         a @ b
+    synchronize()
     runs, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         a @ b
         runs += 1
+    synchronize()
     return 2 * size**3 * runs / (time.perf_counter() - started) / 1e9
 
 
