@@ -29,9 +29,17 @@ from harness.study.report import PRETRAIN_METRICS
 
 
 @pytest.fixture(scope="module")
-def sweeps(tmp_path_factory, shared_data):
-    """The local reference runs beside the Ray sweeps (interrupted, then continued on the Ray instance that this
-    process starts meanwhile; teardown stops it): on 2 busy cores, one after the other would take twice as long."""
+def ray_instance():
+    """A local Ray instance of this process, with 2 CPUs; its address for `--address`."""
+    context = ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield context.address_info["gcs_address"]
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sweeps(request, tmp_path_factory, shared_data):
+    """The local reference runs beside the Ray sweeps (interrupted, then continued on this process's Ray instance,
+    started meanwhile): on 2 busy cores, one after the other would take twice as long."""
     root = tmp_path_factory.mktemp("ray-sweep")
     cache = tmp_path_factory.getbasetemp() / "harness-cache"  # conftest's cache: tokenizers and corpora shared
     broken = root / "broken.raw"
@@ -44,23 +52,20 @@ def sweeps(tmp_path_factory, shared_data):
         local = harness(*args, "--results", root / "local", cache=cache)
     first_launch = harness(*args, "--results", root / "ray", "--launcher", "ray", cache=cache,
                            start_new_session=True)
-    head = ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    try:
-        plan = expand(load_grid(grid, data_dir=shared_data), root / "ray")
-        finals = [job.path / FINAL_METRICS_FILE for job in plan.pretrain]
-        _wait_for(lambda: any(path.is_file() for path in finals), first_launch, timeout=300)
-        os.killpg(first_launch.pid, signal.SIGINT)  # Ctrl-C in its terminal: the sweep and its Ray instance
-        interrupted = first_launch.communicate(timeout=120)
-        stamps = {path: path.stat().st_mtime_ns for path in finals if path.is_file()}
-        continued = harness(*args, "--results", root / "ray", "--launcher", "ray", "--workers", 2,
-                            "--address", head.address_info["gcs_address"], cache=cache)
-        out, err = continued.communicate(timeout=300)
-        local_out = local.communicate(timeout=300)
-        yield {"root": root, "grid": grid, "plan": plan, "stamps": stamps, "interrupted": interrupted,
-               "interrupted_status": first_launch.returncode, "local": local_out, "local_status": local.returncode,
-               "out": out, "err": err, "status": continued.returncode}
-    finally:
-        ray.shutdown()
+    address = request.getfixturevalue("ray_instance")
+    plan = expand(load_grid(grid, data_dir=shared_data), root / "ray")
+    finals = [job.path / FINAL_METRICS_FILE for job in plan.pretrain]
+    _wait_for(lambda: any(path.is_file() for path in finals), first_launch, timeout=300)
+    os.killpg(first_launch.pid, signal.SIGINT)  # Ctrl-C in its terminal: the sweep and its Ray instance
+    interrupted = first_launch.communicate(timeout=120)
+    stamps = {path: path.stat().st_mtime_ns for path in finals if path.is_file()}
+    continued = harness(*args, "--results", root / "ray", "--launcher", "ray", "--workers", 2, "--address", address,
+                        cache=cache)
+    out, err = continued.communicate(timeout=300)
+    local_out = local.communicate(timeout=300)
+    return {"root": root, "grid": grid, "plan": plan, "stamps": stamps, "interrupted": interrupted,
+            "interrupted_status": first_launch.returncode, "local": local_out, "local_status": local.returncode,
+            "out": out, "err": err, "status": continued.returncode}
 
 
 def test_a_relaunch_skips_finished_jobs_and_matches_the_local_launcher(sweeps, tmp_path):
@@ -128,7 +133,7 @@ def test_launcher_flags_are_checked_before_any_work(tmp_path, capsys, monkeypatc
     assert not results.exists()
 
 
-def test_ray_resources_per_task(sweeps):
+def test_ray_resources_per_task(ray_instance):
     assert [cluster_threads({"CPU": 2}, 2, n) for n in (1, 2, 3)] == [threads_per_worker(n, cores=2) for n in (1, 2, 3)]
     assert cluster_threads({"CPU": 64}, 16, 2) == 16  # never more than one node has
     gpu = {"name": "pretrain/gpu", "kind": "pretrain", "path": "x", "threads": 1,

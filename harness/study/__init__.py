@@ -1,4 +1,4 @@
-"""Studies: a grid file -> jobs -> a scheduler -> local workers -> run directories -> a table.
+"""Studies: a grid file -> jobs -> a scheduler -> local workers or Ray tasks -> run directories -> a table.
 
     grid.py          the typed grid file (pydantic): base, scientific arms and axes, zip, nuisance, seeds, tasks,
                      scales; `load_grid` validates it completely and expands it into runs and task settings
@@ -6,6 +6,7 @@
     jobs.py          runs and trials as jobs, each owning one run record (harness.runs); status; compute left
     scheduler.py     `sweep`: plan, run what is missing, record failures, print the table
     launch_local.py  worker processes on this machine (threads split between them)
+    launch_ray.py    the same jobs as Ray tasks, on a local Ray instance or a cluster (`--launcher ray`)
     worker.py        the worker process: one job at a time, failures recorded in the job's directory
     results.py       the comparison table rebuilt from the run directories (best nuisance by median over seeds)
 

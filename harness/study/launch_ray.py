@@ -20,6 +20,7 @@ from typing import Any
 import ray
 import ray.exceptions
 
+from harness.config import HarnessError
 from harness.study.launch_local import available_cores
 
 # Forwarded into every task: a cluster's workers do not inherit the sweep's environment (caches, data, wandb).
@@ -50,6 +51,8 @@ def run_task(job: dict[str, Any], board: Any) -> tuple[str, ...]:
     if os.path.isdir(job["cwd"]):  # relative paths in the config mean what they mean to the sweep
         os.chdir(job["cwd"])
     os.environ.update(job["env"])
+    if not ray.get_gpu_ids():  # Ray leaves a node's GPUs visible to a task that reserved none: `auto` must not take one
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     limit_threads(job["threads"])
     name = job["name"]
     return run_payload(job, lambda step, total: board.report.remote(name, step, total))
@@ -67,8 +70,12 @@ class RayLauncher:
     def __init__(self, slots: int, workers: int, address: str | None = None) -> None:
         self.owns_ray = not ray.is_initialized()
         if self.owns_ray:  # "local": always a fresh instance of our own, never a stray cluster found on the machine
-            ray.init(address=address or "local", num_cpus=None if address else available_cores(),
-                     logging_level="WARNING", include_dashboard=False)
+            try:
+                ray.init(address=address or "local", num_cpus=None if address else available_cores(),
+                         logging_level="WARNING", include_dashboard=False)
+            except ConnectionError as err:
+                message = " ".join(str(err).split())
+                raise HarnessError(f"--address {address}: no Ray cluster to connect to ({message})") from None
         self.threads = cluster_threads(ray.cluster_resources(), _largest_node_cpus(), workers)
         self.gpus_available = int(ray.cluster_resources().get("GPU", 0))
         self.board = ProgressBoard.remote()
