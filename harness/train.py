@@ -27,7 +27,14 @@ from harness.distributed import build_strategy, check_launch, join_early, rank_z
 from harness.models.dropout import use_torch_dropout
 from harness.paths import atomic_dir
 from harness.recipe import Recipe, build_datamodule, build_module, nominal_tokens_per_update, resolve_recipe
-from harness.runs import RunDir, open_prepared_run_dir, prepare_run_dir, read_final_metrics, write_final_metrics
+from harness.runs import (
+    RunDir,
+    open_prepared_run_dir,
+    prepare_run_dir,
+    read_curves,
+    read_final_metrics,
+    write_final_metrics,
+)
 
 EXPORT_DIR = "model"
 
@@ -160,7 +167,7 @@ def pretrain(config: RunConfig, data_dir: str | Path | None = None, results_root
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(run.last_checkpoint) if run.last_checkpoint else None)
         seconds = time.perf_counter() - started
-        train_metrics = _last_train_metrics(trainer)  # validate() below replaces the callback metrics
+        train_metrics = _last_train_metrics(trainer, run)  # validate() below replaces the callback metrics
         # One dict per validation set (own format, common held-out); the names do not overlap.
         validation = {k: v for out in trainer.validate(module, datamodule=data, verbose=False) for k, v in out.items()}
     finally:
@@ -263,6 +270,13 @@ def _finish_wandb(trainer: pl.Trainer) -> None:
             logger.experiment.finish()
 
 
-def _last_train_metrics(trainer: pl.Trainer) -> dict[str, float]:
-    return {key.replace("/", "_"): float(value) for key, value in trainer.callback_metrics.items()
-            if key.startswith("train/")}
+def _last_train_metrics(trainer: pl.Trainer, run: RunDir) -> dict[str, float]:
+    """The last update's training figures. A launch that made no update (the run had stopped after its last one,
+    while validating or exporting) has none of its own: then what the earlier launches logged last."""
+    metrics = {key.replace("/", "_"): float(value) for key, value in trainer.callback_metrics.items()
+               if key.startswith("train/")}
+    if metrics or trainer.global_rank != 0:
+        return metrics
+    curves = read_curves(run)
+    return {column.replace("/", "_"): float(curves[column].dropna().iloc[-1]) for column in curves.columns
+            if column.startswith("train/") and curves[column].notna().any()}

@@ -99,6 +99,16 @@ def test_finished_run_is_returned_not_retrained(shared_data, tmp_path):
     stamp = final.stat().st_mtime_ns
     assert pretrain(config, shared_data, tmp_path) == first
     assert final.stat().st_mtime_ns == stamp
+    # stopped after its last update, before the export and final metrics: the relaunch makes no update and still
+    # records the training figures the run ended on
+    final.unlink()
+    import shutil
+
+    shutil.rmtree(_run_dir(tmp_path) / EXPORT_DIR)
+    again = pretrain(config, shared_data, tmp_path)
+    assert again["steps"] == 4
+    assert {k: v for k, v in again.items() if k.startswith("train_") and k != "train_tokens_per_s"} == {
+        k: v for k, v in first.items() if k.startswith("train_") and k != "train_tokens_per_s"}
 
 
 def test_export_loads_with_auto_classes_and_gives_the_same_loss(shared_data, tmp_path):
