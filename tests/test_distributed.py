@@ -125,14 +125,19 @@ def test_a_killed_two_process_run_resumes_under_ddp(runs, env, tmp_path):
     assert json.loads((path / "final_metrics.json").read_text())["steps"] == STEPS
 
 
-def test_a_launch_that_does_not_match_the_config_stops_before_any_work(env, tmp_path):
-    """torchrun started 2 processes, the config asks for impl.devices x impl.num_nodes = 1: one line, no directory."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "harness",
-               "pretrain", "--preset", "tiny", "--results", str(tmp_path / "r")]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert result.returncode != 0
-    assert "the launcher started 2 processes but impl.devices x impl.num_nodes = 1" in result.stderr
-    assert not (tmp_path / "r").exists()
+def test_a_launch_that_does_not_match_the_config_stops_before_any_work(tmp_path, monkeypatch, capsys):
+    """A torchrun rank (its environment: 2 processes) whose config asks for impl.devices x impl.num_nodes = 1:
+    one line, before any process group, data or directory."""
+    from harness.cli import main
+
+    torchrun = {"TORCHELASTIC_RUN_ID": "test", "RANK": "0", "LOCAL_RANK": "0", "GROUP_RANK": "0", "WORLD_SIZE": "2",
+                "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    for key, value in torchrun.items():
+        monkeypatch.setenv(key, value)
+    assert main(["pretrain", "--preset", "tiny", "--results", str(tmp_path / "r")]) != 0
+    error = capsys.readouterr().err
+    assert "the launcher started 2 processes but impl.devices x impl.num_nodes = 1" in error
+    assert len(error.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

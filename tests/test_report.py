@@ -275,3 +275,19 @@ def test_the_papers_orderings_are_tested_column_by_column(results):
     assert _ordering_verdict(cell([3.2, 3.21, 3.22]), cell([3.0, 3.01, 3.02]), "bpc")["verdict"] == "contradicts"
     assert _ordering_verdict(cell([80.0, 70.0, 90.0]), cell([79.0, 81.0, 71.0]), "sst2")["verdict"] == "cannot tell"
     assert _ordering_verdict(cell([90.0]), cell([70.0]), "sst2")["verdict"] == "cannot tell"  # one seed
+
+
+def test_the_committed_reports_have_the_columns_harness_report_writes_today(results):
+    """reports/<study>-<scale>/tidy.csv are rebuilt by `harness report`; a change of the tidy table's columns (a new
+    config field, a new metric) must come with the reports regenerated. Axis and per-task dev columns depend on
+    the study and its tasks, so they are left out of the comparison."""
+    import pandas as pd
+
+    def shared(columns) -> list[str]:
+        return [c for c in columns if not c.startswith(("axis.", "dev."))]
+
+    today = shared(build_report(results / "tiny_report").tidy.columns)
+    committed = sorted((Path(__file__).resolve().parents[1] / "reports").glob("*/tidy.csv"))
+    assert committed, "no committed report found under reports/"
+    for path in committed:
+        assert shared(pd.read_csv(path, nrows=0).columns) == today, f"{path}: regenerate with harness report"
