@@ -15,6 +15,7 @@ as new / partial / failed / done. Tables and figures are rebuilt from these dire
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -290,8 +291,14 @@ def environment(identity: dict[str, Any]) -> dict[str, Any]:
 
 
 def git_state(repo: Path | None = None) -> dict[str, Any] | None:
-    """Commit and dirty flag of the harness checkout; None outside a git checkout (e.g. an installed wheel)."""
-    repo = repo or Path(__file__).resolve().parents[1]
+    """Commit and dirty flag of the harness code this process runs; None outside a git checkout (e.g. an installed
+    wheel). Read once per process: a long-lived sweep worker keeps running the code it imported, so a commit made
+    in the checkout meanwhile must not be recorded as what produced its later jobs."""
+    return _git_state(repo or Path(__file__).resolve().parents[1])
+
+
+@functools.cache
+def _git_state(repo: Path) -> dict[str, Any] | None:
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10,

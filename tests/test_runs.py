@@ -155,3 +155,24 @@ def test_a_relaunch_resumes_from_the_newer_of_last_and_a_slurm_preemption_checkp
     last.write_bytes(b"y")
     os.utime(hpc, (1, 1))
     assert prepare_run_dir(config, tmp_path).last_checkpoint == last
+
+
+def test_the_recorded_commit_is_the_one_the_process_started_with(tmp_path):
+    """A sweep worker keeps running the code it imported: a commit made in the checkout meanwhile is not what
+    produced its later jobs, so the git state is read once per process."""
+    import subprocess
+
+    from harness.runs import git_state
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "a.txt").write_text("a")
+    git("add", "a.txt")
+    git("commit", "-qm", "first")
+    first = git_state(tmp_path)
+    (tmp_path / "a.txt").write_text("b")
+    git("commit", "-qam", "second")
+    assert first is not None and git_state(tmp_path) == first

@@ -176,6 +176,7 @@ def report_markdown(report: StudyReport, figures: list[Path], target: Path, comm
              f"- pre-training seeds: {sorted({r.seed for r in study.runs})}; fine-tuning seeds: {seeds_ft}",
              "- tokens seen per arm: " + (", ".join(f"{k} {int(v):,}" for k, v in tokens.items()) or "none yet"),
              f"- commit: {_commit(runs)}; made by: `{command or 'harness report ' + str(report.folder)}`",
+             f"- wall-clock: {_wall_clock(report)}",
              f"- reference row: `{report.reference}`; each cell: median over seeds at the best fine-tuning lr "
              "[min-max], n = seeds present / expected", "",
              "## Our table", "", markdown_table(report), "",
@@ -187,6 +188,40 @@ def report_markdown(report: StudyReport, figures: list[Path], target: Path, comm
              "## Missing and skipped", "", *_missing_lines(report), "",
              f"Tidy data: `pandas.read_csv('{target / 'tidy.csv'}')`; LaTeX: `table.tex`.", ""]
     return "\n".join(lines)
+
+
+def _wall_clock(report: StudyReport) -> str:
+    """How long the finished jobs took, from their records: the span from the first one's start (env.json) to the
+    last one's end (final_metrics.json written), and the training time inside the jobs (pre-training fit seconds of
+    each run's last launch, fine-tuning trial seconds). The span includes whatever ran beside the sweep and any
+    time between its launches."""
+    import json
+    from datetime import UTC, datetime
+
+    starts, ends, seconds = [], [], {"pre-training": 0.0, "fine-tuning": 0.0}
+    for job in report.plan.jobs:
+        path = report.plan.path(job)
+        try:
+            final = path / "final_metrics.json"
+            metrics = json.loads(final.read_text(encoding="utf-8"))
+            environment = json.loads((path / "env.json").read_text(encoding="utf-8"))
+            starts.append(datetime.fromisoformat(environment["time_utc"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        ends.append(datetime.fromtimestamp(final.stat().st_mtime, UTC))
+        kind = "pre-training" if "fit_seconds_this_launch" in metrics else "fine-tuning"
+        seconds[kind] += float(metrics.get("fit_seconds_this_launch") or metrics.get("wall_s") or 0.0)
+    if not starts:
+        return "no finished job yet"
+    span = (max(ends) - min(starts)).total_seconds()
+    return (f"{_duration(span)} from the first job's start ({min(starts):%Y-%m-%d %H:%M} UTC) to the last one's end "
+            f"({max(ends):%Y-%m-%d %H:%M} UTC), {len(starts)} jobs; inside them "
+            + ", ".join(f"{kind} {_duration(value)}" for kind, value in seconds.items()))
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m" if minutes else f"{seconds:.0f}s"
 
 
 def _missing_lines(report: StudyReport) -> list[str]:

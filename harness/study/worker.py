@@ -26,6 +26,9 @@ def worker_main(conn: Any, threads: int, parent_pid: int) -> None:
     _exit_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the sweep, which stops its workers itself
     limit_threads(threads)
+    from harness.runs import git_state
+
+    git_state()  # the commit of the code this worker runs, pinned before any job
     while True:
         try:
             job = conn.recv()
