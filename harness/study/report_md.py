@@ -177,6 +177,7 @@ def report_markdown(report: StudyReport, figures: list[Path], target: Path, comm
              "- tokens seen per arm: " + (", ".join(f"{k} {int(v):,}" for k, v in tokens.items()) or "none yet"),
              f"- commit: {_commit(runs)}; made by: `{command or 'harness report ' + str(report.folder)}`",
              f"- wall-clock: {_wall_clock(report)}",
+             f"- the sweep: `{_sweep_command(report)}`",
              f"- reference row: `{report.reference}`; each cell: median over seeds at the best fine-tuning lr "
              "[min-max], n = seeds present / expected", "",
              "## Our table", "", markdown_table(report), "",
@@ -217,6 +218,25 @@ def _wall_clock(report: StudyReport) -> str:
     return (f"{_duration(span)} from the first job's start ({min(starts):%Y-%m-%d %H:%M} UTC) to the last one's end "
             f"({max(ends):%Y-%m-%d %H:%M} UTC), {len(starts)} jobs; inside them "
             + ", ".join(f"{kind} {_duration(value)}" for kind, value in seconds.items()))
+
+
+def _sweep_command(report: StudyReport) -> str:
+    """The command that runs (or continues) this study, from its study.json: grid (relative to the working
+    directory where it lies below it), scale, --set, --tasks and the results root."""
+    source = report.source
+    grid = Path(str(source.get("grid")))
+    try:
+        grid = grid.relative_to(Path.cwd())
+    except ValueError:
+        pass
+    parts = ["harness sweep", grid.as_posix()]
+    if source.get("scale"):
+        parts.append(f"--scale {source['scale']}")
+    parts += [f"--set {override}" for override in source.get("overrides") or []]
+    if source.get("tasks"):
+        parts.append(f"--tasks {','.join(source['tasks'])}")
+    parts.append(f"--results {report.folder.parent.as_posix()}")
+    return " ".join(parts)
 
 
 def _duration(seconds: float) -> str:
