@@ -253,7 +253,8 @@ def test_a_tuned_pretraining_lr_gives_an_lr_by_batch_size_heat_map():
 
 def test_the_papers_orderings_are_tested_column_by_column(results):
     """The fixture's arms carry Table 1's labels: the paper orders dynamic over static on SST-2 (92.9 vs 92.5) and
-    on SQuAD 2.0 but not on MNLI, so on SST-2 its own ordering is tested and on the held-out columns it has none."""
+    SQuAD 2.0, static over dynamic on MNLI: on SST-2 its own ordering is tested, on the held-out columns its task
+    average (+0.17 for dynamic)."""
     from harness.study.report import _ordering_verdict, paper_orderings
 
     report = build_report(results / "tiny_report")
@@ -261,7 +262,8 @@ def test_the_papers_orderings_are_tested_column_by_column(results):
     rows = {row["column"]: row for row in paper_orderings(report)}
     assert (rows["sst2"]["better"], rows["sst2"]["worse"], rows["sst2"]["basis"]) == ("dynamic", "static",
                                                                                        "this column")
-    assert rows["bpc"]["verdict"] == rows["ppl"]["verdict"] == "the paper's columns disagree"
+    for column in ("ppl", "bpc"):
+        assert (rows[column]["better"], rows[column]["basis"]) == ("dynamic", "its task average"), column
     sst2 = rows["sst2"]
     assert sst2["ci_low"] <= sst2["margin"] <= sst2["ci_high"] and sst2["n"] == 2
     expected = "reproduces" if sst2["ci_low"] > 0 else "contradicts" if sst2["ci_high"] < 0 else "cannot tell"

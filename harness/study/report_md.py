@@ -132,7 +132,9 @@ def orderings_markdown(report: StudyReport) -> str:
             margin = ""
         else:
             margin = f"{_signed(row['margin'])} [{_signed(row['ci_low'])}, {_signed(row['ci_high'])}]"
-        lines.append(_md_row([f"{row['better']} over {row['worse']}", row["column"], row["basis"], margin,
+        pair = (f"{row['better']} vs {row['worse']}" if row["verdict"] == "the paper ties"
+                else f"{row['better']} over {row['worse']}")
+        lines.append(_md_row([pair, row["column"], row["basis"], margin,
                               str(row.get("n", "")), row["verdict"]]))
         counts[row["column"]][row["verdict"]] += 1
     verdicts = ("reproduces", "contradicts", "cannot tell")
@@ -141,9 +143,9 @@ def orderings_markdown(report: StudyReport) -> str:
                + f" (of {sum(tally.values())})" for column, tally in counts.items()]
     notes = ["", "Positive margins go the paper's way (for ppl and bpc, lower is better). Reproduces / contradicts: "
              "the 95% bootstrap interval over seeds excludes zero on the paper's / the other side; cannot tell: it "
-             "holds zero, or one seed per arm. Basis \"this column\": the paper reports this column and orders the "
-             "pair on it; \"all its columns\": a column the paper does not report, tested against the ordering "
-             "the paper finds on every column it does report."]
+             "holds zero, or one seed per arm. The paper's basis: \"this column\", the paper reports it; "
+             "\"its held-out ppl\", its perplexity (Table 3) ordering, for our held-out columns; \"its task "
+             "average\", the sign of its mean difference over the tasks it reports, for columns it does not report."]
     return "\n".join([*lines, *notes, "", "Per column:", "", *summary])
 
 
