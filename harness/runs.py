@@ -353,3 +353,46 @@ def read_curves(run: RunDir | str | Path) -> Any:
     curves = pd.concat(frames, ignore_index=True)
     latest = curves.groupby("step")["launch"].transform("max")
     return curves[curves["launch"] == latest].drop(columns="launch").groupby("step").first()
+
+
+def launch_intervals(path: str | Path) -> list[tuple[datetime, datetime]]:
+    """When each launch of a finished record ran, from the record itself: launch k starts at its env.json entry
+    (the first launch's `time_utc`, then each relaunch's) and ends at the last write into its own log folder
+    (logs/launch-k for pre-training, logs/version_k for fine-tuning); the last launch ends when final_metrics.json
+    was written. A launch whose log folder is missing is taken to run until the next one starts. An unfinished
+    or unreadable record has no intervals."""
+    path = Path(path)
+    final = path / FINAL_METRICS_FILE
+    try:
+        record = json.loads((path / ENV_FILE).read_text(encoding="utf-8"))
+        starts = [datetime.fromisoformat(entry["time_utc"]) for entry in [record, *record.get("resumes", [])]]
+        finished = datetime.fromtimestamp(final.stat().st_mtime, UTC)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    folders = sorted((p for p in (path / "logs").glob("*") if p.is_dir() and p.name.split("-")[-1].split("_")[-1]
+                      .isdigit()), key=lambda p: int(p.name.split("-")[-1].split("_")[-1]))
+    intervals = []
+    for k, start in enumerate(starts):
+        if k == len(starts) - 1:
+            end = finished
+        else:
+            end = starts[k + 1]
+            writes = [f.stat().st_mtime for f in folders[k].rglob("*") if f.is_file()] if k < len(folders) else []
+            if writes:
+                end = min(end, datetime.fromtimestamp(max(writes), UTC))
+        intervals.append((start, max(start, end)))
+    return intervals
+
+
+def busy_seconds(intervals: list[tuple[datetime, datetime]]) -> float:
+    """Seconds during which at least one of the intervals was running (parallel workers are counted once, the time
+    between sessions not at all)."""
+    total, reach = 0.0, None
+    for start, end in sorted(intervals):
+        if reach is None or start > reach:
+            total += (end - start).total_seconds()
+            reach = end
+        elif end > reach:
+            total += (end - reach).total_seconds()
+            reach = end
+    return total

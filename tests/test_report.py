@@ -107,8 +107,8 @@ def test_report_files_are_written_from_the_run_directories(results, tmp_path):
     text = (target / "report.md").read_text()
     assert "## Our table" in text and "| static |" in text and "n=2/2" in text and "nothing: every cell" in text
     # how long the study took, from its records: 2 pre-training runs and 4 fine-tuning trials
-    assert re.search(r"- wall-clock: \S+ from the first job's start .* 6 jobs; inside them pre-training \S+, "
-                     r"fine-tuning \S+", text), text[:1500]
+    assert re.search(r"- wall-clock: \S+ with at least one job running, 6 jobs; first start .* UTC \(span \S+\); "
+                     r"job time pre-training \S+, fine-tuning \S+", text), text[:1500]
     # each verdict states the interval as its sentence reads: "by X (95% CI low to high)" with low <= X <= high
     sentences = re.findall(r"by ([-\d.e+]+) \(95% CI ([-\d.e+]+) to ([-\d.e+]+)\)", text)
     assert sentences and all(float(lo) <= float(x) <= float(hi) for x, lo, hi in sentences), sentences

@@ -176,3 +176,35 @@ def test_the_recorded_commit_is_the_one_the_process_started_with(tmp_path):
     (tmp_path / "a.txt").write_text("b")
     git("commit", "-qam", "second")
     assert first is not None and git_state(tmp_path) == first
+
+
+def _record(path, launches, ends, final_at):
+    """A finished record made by hand: launch k started at launches[k] and last wrote its log folder at ends[k]."""
+    import os
+    from datetime import UTC, datetime, timedelta
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    stamp = lambda minutes: (t0 + timedelta(minutes=minutes)).isoformat(timespec="seconds")  # noqa: E731
+    path.mkdir(parents=True)
+    (path / "env.json").write_text(json.dumps({"time_utc": stamp(launches[0]),
+                                               "resumes": [{"time_utc": stamp(m)} for m in launches[1:]]}))
+    for k, end in enumerate(ends):
+        log = path / "logs" / f"launch-{k}" / "metrics.csv"
+        log.parent.mkdir(parents=True)
+        log.write_text("step\n")
+        os.utime(log, ((t0 + timedelta(minutes=end)).timestamp(),) * 2)
+    final = path / "final_metrics.json"
+    final.write_text("{}")
+    os.utime(final, ((t0 + timedelta(minutes=final_at)).timestamp(),) * 2)
+
+
+def test_launch_intervals_skip_the_time_between_sessions_and_count_parallel_jobs_once(tmp_path):
+    # a run killed at minute 10 (its last log write), relaunched at minute 100, finished at minute 120
+    _record(tmp_path / "a", launches=[0, 100], ends=[10], final_at=120)
+    # a job on a second worker from minute 110 to 130: overlaps the first one by 10 minutes
+    _record(tmp_path / "b", launches=[110], ends=[], final_at=130)
+    a, b = runs.launch_intervals(tmp_path / "a"), runs.launch_intervals(tmp_path / "b")
+    assert [(e - s).total_seconds() / 60 for s, e in a] == [10, 20] and len(b) == 1
+    assert runs.busy_seconds(a + b) / 60 == 10 + 30
+    (tmp_path / "a" / "final_metrics.json").unlink()
+    assert runs.launch_intervals(tmp_path / "a") == []  # an unfinished record has not taken its time yet

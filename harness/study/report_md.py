@@ -194,31 +194,29 @@ def report_markdown(report: StudyReport, figures: list[Path], target: Path, comm
 
 
 def _wall_clock(report: StudyReport) -> str:
-    """How long the finished jobs took, from their records: the span from the first one's start (env.json) to the
-    last one's end (final_metrics.json written), and the training time inside the jobs (pre-training fit seconds of
-    each run's last launch, fine-tuning trial seconds). The span includes whatever ran beside the sweep and any
-    time between its launches."""
-    import json
-    from datetime import UTC, datetime
+    """How long the finished jobs took, from their records (`runs.launch_intervals`): the time during which at
+    least one job ran (parallel workers counted once, the time between sessions not at all), the span from the
+    first start to the last end, and the job time of each kind (the sum over jobs and launches). Whatever else
+    ran on the machine at the same time is inside these figures."""
+    from harness.runs import busy_seconds, launch_intervals
 
-    starts, ends, seconds = [], [], {"pre-training": 0.0, "fine-tuning": 0.0}
+    intervals, seconds, jobs = [], {"pre-training": 0.0, "fine-tuning": 0.0}, 0
     for job in report.plan.jobs:
-        path = report.plan.path(job)
-        try:
-            final = path / "final_metrics.json"
-            metrics = json.loads(final.read_text(encoding="utf-8"))
-            environment = json.loads((path / "env.json").read_text(encoding="utf-8"))
-            starts.append(datetime.fromisoformat(environment["time_utc"]))
-        except (OSError, ValueError, KeyError, TypeError):
+        found = launch_intervals(report.plan.path(job))
+        if not found:
             continue
-        ends.append(datetime.fromtimestamp(final.stat().st_mtime, UTC))
-        kind = "pre-training" if "fit_seconds_this_launch" in metrics else "fine-tuning"
-        seconds[kind] += float(metrics.get("fit_seconds_this_launch") or metrics.get("wall_s") or 0.0)
-    if not starts:
+        jobs += 1
+        intervals += found
+        kind = "pre-training" if job.kind == "pretrain" else "fine-tuning"
+        seconds[kind] += sum((end - start).total_seconds() for start, end in found)
+    if not intervals:
         return "no finished job yet"
-    span = (max(ends) - min(starts)).total_seconds()
-    return (f"{_duration(span)} from the first job's start ({min(starts):%Y-%m-%d %H:%M} UTC) to the last one's end "
-            f"({max(ends):%Y-%m-%d %H:%M} UTC), {len(starts)} jobs; inside them "
+    first, last = min(s for s, _ in intervals), max(e for _, e in intervals)
+    launches = len(intervals) - jobs
+    return (f"{_duration(busy_seconds(intervals))} with at least one job running, {jobs} jobs"
+            + (f" ({launches} relaunches)" if launches else "")
+            + f"; first start {first:%Y-%m-%d %H:%M} UTC, last end {last:%Y-%m-%d %H:%M} UTC "
+            f"(span {_duration((last - first).total_seconds())}); job time "
             + ", ".join(f"{kind} {_duration(value)}" for kind, value in seconds.items()))
 
 
