@@ -2,12 +2,14 @@
 
 One 2-process run must be the 1-process run of the same global batch: the same examples in every update, split
 between the ranks without overlap, the same loss curve up to float noise, one run directory with one relaunch
-record. A 2-process run killed between checkpoints resumes under DDP and finishes the same curve."""
+record. A run on 2 nodes (two torchrun agents on this machine) killed between checkpoints resumes on 1 node of 2
+processes and finishes the same curve."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +32,7 @@ SETTINGS = ["recipe=bert-reimpl", "data.masking=dynamic", "corpus.layout=wikitex
             "impl.precision=32-true", "impl.fast_dropout=false", "impl.progress_bar=false", "logging.wandb=false",
             "logging.log_every_steps=1", "impl.threads=1"]
 DDP = ["impl.strategy=ddp", "impl.devices=2"]
+TWO_NODES = ["impl.strategy=ddp", "impl.devices=1", "impl.num_nodes=2"]
 
 
 def _sets(values: list[str]) -> list[str]:
@@ -46,6 +49,21 @@ def _torchrun(env: dict[str, str], results: Path, record: Path, extra: list[str]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                str(SCRIPT), str(results), str(record), *extra, *_sets(SETTINGS + DDP)]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _two_nodes(env: dict[str, str], results: Path, record: Path, extra: list[str]) -> list[subprocess.Popen]:
+    """Two torchrun agents, node ranks 0 and 1 with one process each (what two machines would run), here on one
+    machine: the config says impl.devices=1, impl.num_nodes=2."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
+                               "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
+                               str(SCRIPT), str(results), str(record), *extra, *_sets(SETTINGS + TWO_NODES)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for node in (0, 1)]
+    for node in nodes:
+        node.communicate(timeout=600)
+    return nodes
 
 
 def _run_path(results: Path, overrides: list[str]) -> Path:
@@ -104,13 +122,19 @@ def test_ranks_split_every_update_without_overlap(runs):
         assert sorted(share0 + share1) == sorted(examples), f"update {step}: not the 1-process update's examples"
 
 
-def test_a_killed_two_process_run_resumes_under_ddp(runs, env, tmp_path):
-    """Killed at update 6 (checkpoint at 4) under torchrun, relaunched with `harness pretrain` on 2 processes
-    (Lightning's launcher): it resumes, records one relaunch, and ends on the uninterrupted run's curve."""
+def test_a_killed_two_node_run_resumes_on_one_node_under_ddp(runs, env, tmp_path):
+    """Started on 2 nodes of 1 process (impl.num_nodes=2, two torchrun agents) and killed at update 6 (checkpoint
+    at 4), relaunched with `harness pretrain` on 1 node of 2 processes (Lightning's launcher): it resumes the same
+    run directory (the process layout is not part of the run), records one relaunch, and ends on the
+    uninterrupted run's curve."""
     results = tmp_path / "results"
-    crashed = _torchrun(env, results, tmp_path / "record", ["--exit-at-step", "6"])
-    assert crashed.returncode != 0
-    path = _run_path(results, SETTINGS + DDP)
+    crashed = _two_nodes(env, results, tmp_path / "record", ["--exit-at-step", "6"])
+    assert all(node.returncode != 0 for node in crashed)
+    nodes, single = [_examples(tmp_path / "record", rank) for rank in (0, 1)], _examples(runs / "one-record", 0)
+    for step in range(6):  # before the kill, the two nodes split each update of the 1-process run between them
+        assert sorted(nodes[0][step] + nodes[1][step]) == sorted(single[step]) and nodes[0][step], f"update {step}"
+    path = _run_path(results, SETTINGS + TWO_NODES)
+    assert path == _run_path(results, SETTINGS + DDP)
     assert (path / "checkpoints" / "last.ckpt").is_file() and not (path / "final_metrics.json").exists()
     cli = [sys.executable, "-m", "harness", "pretrain", "--preset", "tiny", *_sets(SETTINGS + DDP),
            "--results", str(results)]
