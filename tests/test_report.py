@@ -144,6 +144,10 @@ def test_a_partial_corrupt_and_stray_results_folder_is_reported_with_one_line_ea
     assert "dynamic-s0__0000000000: not a run of this grid (optim.peak_lr is 0.5" in messages[1]
     text = written[0].read_text()
     assert "missing (0/2)" in text and "- static / sst2: 0 of 2 seeds" in text
+    # a pre-training run still running: its fine-tuning jobs have no directory yet, and the report still builds
+    (static[0].pretrain.path / "final_metrics.json").unlink()
+    written, _ = write_report(copy, out=tmp_path / "running")
+    assert re.search(r"- wall-clock: \S+ with at least one job running, 3 jobs;", written[0].read_text())
 
 
 def test_bad_input_is_one_line(results, tmp_path, capsys):

@@ -202,7 +202,8 @@ def _wall_clock(report: StudyReport) -> str:
 
     intervals, seconds, jobs = [], {"pre-training": 0.0, "fine-tuning": 0.0}, 0
     for job in report.plan.jobs:
-        found = launch_intervals(report.plan.path(job))
+        path = report.plan.path(job)  # None: a fine-tuning job whose pre-training run is not done
+        found = launch_intervals(path) if path is not None else []
         if not found:
             continue
         jobs += 1
