@@ -34,3 +34,16 @@ def _isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def sweep_reference(tmp_path_factory, shared_data):
+    """One local-launcher sweep of tests/test_sweep_e2e.py's grid (two arms and a broken one), shared by the sweep
+    tests and the Ray tests. tests/test_sweep_e2e.py retries its broken arm: compare the other two."""
+    from test_sweep_e2e import reference_sweep
+
+    with pytest.MonkeyPatch.context() as env:  # the session fixture runs outside the per-test caches
+        env.setenv("HARNESS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "harness-cache"))
+        env.setenv("WANDB_MODE", "offline")
+        env.setenv("HF_HUB_OFFLINE", "1")
+        return reference_sweep(tmp_path_factory.mktemp("sweep"), shared_data)

@@ -42,17 +42,21 @@ def grid_file(folder: Path, arms: dict, name: str) -> Path:
 ARMS = {"dynamic": {}, "static": {"data.masking": "static", "data.dupe_factor": 2}}
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory, shared_data):
-    """A reference sweep with 2 workers, one of whose three arms cannot read its corpus."""
-    root = tmp_path_factory.mktemp("sweep")
+def reference_sweep(root: Path, data_dir: Path) -> dict:
+    """A reference sweep with 2 workers, one of whose three arms cannot read its corpus (conftest's session
+    fixture `sweep_reference`: this module and tests/test_sweep_ray.py share it)."""
     broken = root / "broken.raw"
     broken.write_bytes(b" = Title = \n\nSome text \xff\xfe that is not UTF-8 .\n")
     # The broken arm also logs to wandb (offline; a speed-only field): its retry shows the study's grouping.
     grid = grid_file(root, {**ARMS, "broken": {"corpus.path": str(broken), "logging.wandb": True}}, "with_broken.yaml")
     out = io.StringIO()
-    result = sweep(grid, results=root / "ref", data_dir=shared_data, workers=2, out=out)
+    result = sweep(grid, results=root / "ref", data_dir=data_dir, workers=2, out=out)
     return {"root": root, "grid": grid, "broken": broken, "result": result, "out": out.getvalue()}
+
+
+@pytest.fixture
+def workspace(sweep_reference):
+    return sweep_reference
 
 
 def harness(*args, cache: Path, **kw) -> subprocess.Popen:
@@ -131,8 +135,11 @@ def _launches(run: Path) -> int:
 def _wait_for(predicate, process: subprocess.Popen, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline
+        if process.poll() is not None:
+            out, err = process.communicate()
+            raise AssertionError(f"the sweep ended (status {process.returncode}) before {predicate}:\n"
+                                 f"{out[-3000:]}\n{err[-5000:]}")
+        assert time.monotonic() < deadline, f"{predicate} still false after {timeout} s"
         time.sleep(0.2)
 
 

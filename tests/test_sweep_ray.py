@@ -4,7 +4,7 @@ grid (two arms fine-tuned on SST-2, and an arm whose corpus cannot be read):
 - a Ray sweep on its own local Ray instance is stopped with Ctrl-C after its first finished job, then continued
   on an existing Ray instance (`--address`): the finished job is not run again, the failing job is recorded by the
   worker code path inside a Ray worker, the others finish, the exit status is 1, and `harness report` gives the
-  local launcher's tidy table;
+  tidy table of the local launcher's sweep of the same grid (conftest's `sweep_reference`);
 - the local launcher never imports ray; bad --launcher / --address input and a missing ray are one line each.
 Ray is a dev extra: CI has it, so a missing ray fails this module instead of skipping it."""
 
@@ -37,19 +37,21 @@ def ray_instance():
 
 
 @pytest.fixture(scope="module")
-def sweeps(request, tmp_path_factory, shared_data):
-    """The local reference runs beside the Ray sweeps (interrupted, then continued on this process's Ray instance,
-    started meanwhile): on 2 busy cores, one after the other would take twice as long."""
+def sweeps(request, tmp_path_factory, shared_data, sweep_reference):
+    """The Ray sweeps (interrupted, then continued on this process's Ray instance, started meanwhile) of the grid
+    conftest's local-launcher reference sweeps, and beside them a local sweep of the broken arm alone that records
+    every module it imports: on 2 busy cores, one after the other would take longer."""
     root = tmp_path_factory.mktemp("ray-sweep")
     cache = tmp_path_factory.getbasetemp() / "harness-cache"  # conftest's cache: tokenizers and corpora shared
     broken = root / "broken.raw"
     broken.write_bytes(b" = Title = \n\nSome text \xff\xfe that is not UTF-8 .\n")
     grid = grid_file(root, {**ARMS, "broken": {"corpus.path": str(broken)}}, "with_broken.yaml")
+    broken_only = grid_file(root, {"broken": {"corpus.path": str(broken)}}, "broken_only.yaml")
     # One worker where two would only add a second import of torch on 2 busy cores; the continued sweep has two.
     args = ("sweep", grid, "--data-dir", shared_data)
-    with pytest.MonkeyPatch.context() as env:  # every module the sweep and its workers import, on stderr
+    with pytest.MonkeyPatch.context() as env:  # every module the sweep and its worker import, on stderr
         env.setenv("PYTHONPROFILEIMPORTTIME", "1")
-        local = harness(*args, "--results", root / "local", cache=cache)
+        local = harness("sweep", broken_only, "--data-dir", shared_data, "--results", root / "local", cache=cache)
     first_launch = harness(*args, "--results", root / "ray", "--launcher", "ray", cache=cache,
                            start_new_session=True)
     address = request.getfixturevalue("ray_instance")
@@ -63,9 +65,9 @@ def sweeps(request, tmp_path_factory, shared_data):
                         cache=cache)
     out, err = continued.communicate(timeout=300)
     local_out = local.communicate(timeout=300)
-    return {"root": root, "grid": grid, "plan": plan, "stamps": stamps, "interrupted": interrupted,
-            "interrupted_status": first_launch.returncode, "local": local_out, "local_status": local.returncode,
-            "out": out, "err": err, "status": continued.returncode}
+    return {"root": root, "reference": sweep_reference["root"] / "ref", "plan": plan, "stamps": stamps,
+            "interrupted": interrupted, "interrupted_status": first_launch.returncode, "local": local_out,
+            "local_status": local.returncode, "out": out, "err": err, "status": continued.returncode}
 
 
 def test_a_relaunch_skips_finished_jobs_and_matches_the_local_launcher(sweeps, tmp_path):
@@ -79,9 +81,10 @@ def test_a_relaunch_skips_finished_jobs_and_matches_the_local_launcher(sweeps, t
     assert sweeps["local_status"] == 1, sweeps["local"][1][-3000:]
 
     tidy = {}
-    for launcher in ("local", "ray"):
-        assert main(["report", str(sweeps["root"] / launcher), "--out", str(tmp_path / launcher)]) == 0
+    for launcher, results in (("local", sweeps["reference"]), ("ray", sweeps["root"] / "ray")):
+        assert main(["report", str(results), "--out", str(tmp_path / launcher)]) == 0
         frame = pd.read_csv(tmp_path / launcher / "e2e" / "tidy.csv").drop(columns="run_dir")
+        frame = frame[frame["point"] != "broken"]  # the reference's broken arm may have been retried meanwhile
         tidy[launcher] = frame.sort_values(["point", "task"]).reset_index(drop=True)
     local, ray_ = tidy["local"], tidy["ray"]
     assert list(local.columns) == list(ray_.columns) and sorted(local["point"]) == ["dynamic", "static"]

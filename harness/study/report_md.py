@@ -173,7 +173,7 @@ def report_markdown(report: StudyReport, figures: list[Path], target: Path, comm
     seeds_ft = {t: list(p.settings.seeds) for t, p in study.tasks.items()}
     lines = [f"# {study.name}" + (f" at scale {study.scale}" if study.scale else ""), "",
              study.description, "",
-             f"- results: `{report.folder}`; grid: `{report.source.get('grid')}`",
+             f"- results: `{report.folder}`; grid: `{_grid_path(report)}`",
              f"- corpus: `{first.corpus.path or first.corpus.hub}`; model: {first.model.family} `{first.model.size}`",
              f"- pre-training seeds: {sorted({r.seed for r in study.runs})}; fine-tuning seeds: {seeds_ft}",
              "- tokens seen per arm: " + (", ".join(f"{k} {int(v):,}" for k, v in tokens.items()) or "none yet"),
@@ -221,16 +221,21 @@ def _wall_clock(report: StudyReport) -> str:
             + ", ".join(f"{kind} {_duration(value)}" for kind, value in seconds.items()))
 
 
-def _sweep_command(report: StudyReport) -> str:
-    """The command that runs (or continues) this study, from its study.json: grid (relative to the working
-    directory where it lies below it), scale, --set, --tasks and the results root."""
-    source = report.source
-    grid = Path(str(source.get("grid")))
+def _grid_path(report: StudyReport) -> str:
+    """The study's grid file, relative to the working directory where it lies below it."""
+    grid = Path(str(report.source.get("grid")))
     try:
         grid = grid.relative_to(Path.cwd())
     except ValueError:
         pass
-    parts = ["harness sweep", grid.as_posix()]
+    return grid.as_posix()
+
+
+def _sweep_command(report: StudyReport) -> str:
+    """The command that runs (or continues) this study, from its study.json: grid (relative to the working
+    directory where it lies below it), scale, --set, --tasks and the results root."""
+    source = report.source
+    parts = ["harness sweep", _grid_path(report)]
     if source.get("scale"):
         parts.append(f"--scale {source['scale']}")
     parts += [f"--set {override}" for override in source.get("overrides") or []]
