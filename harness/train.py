@@ -185,6 +185,7 @@ def pretrain(config: RunConfig, data_dir: str | Path | None = None, results_root
         "fit_seconds_this_launch": round(seconds, 2),
         **{key.replace("/", "_"): float(value) for key, value in validation.items()},
         **data.common_val_record(),
+        **data.data_identity(),
         **train_metrics,
         "model_dir": EXPORT_DIR,
     }

@@ -14,7 +14,7 @@ from harness.config import ConfigError, HarnessError, from_dict
 from harness.data import corpus as corpus_module
 from harness.data import documents as documents_module
 from harness.data import segment as segment_module
-from harness.data.corpus import build_corpus, split_stats
+from harness.data.corpus import CacheHits, build_corpus, split_stats
 from harness.data.documents import CorpusError, load_documents, split_wikitext_articles, validation_mask
 from harness.data.segment import segment_text, split_paragraphs
 
@@ -207,6 +207,41 @@ def test_build_corpus_then_cache_hits_and_which_settings_rebuild(shared_data, tm
     by_line = build_corpus(_config(tmp_path, corpus={**reuters, "segmenter": "newline"}), shared_data)
     assert segmented[0] > 0 and by_line.stats()["train"]["sentences"] > stats["train"]["sentences"]
     assert not list((tmp_path / "cache" / "tmp").iterdir())  # scratch files are cleaned up
+
+
+def test_the_cache_follows_the_corpus_bytes_not_where_or_when_they_were_written(tmp_path, monkeypatch):
+    """A corpus copied elsewhere (new times, new inode) keeps every cache; one changed byte rebuilds them. File
+    hashes are remembered in the cache, so another process does not read an unchanged corpus again."""
+    import hashlib
+    import shutil
+
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for i in range(6):
+        (texts / f"doc{i}.txt").write_text(f"[Story {i} by Someone 1900]\nThe river rose on day {i}. "
+                                           f"People watched it rise. Boats number {i} were lost.\n")
+    config = _config(tmp_path, corpus={"layout": "text_dir", "path": str(texts)}, tokenizer={"vocab_size": 300})
+    cold = build_corpus(config)
+    assert not cold.from_cache and len(cold.corpus_digest) == 16
+
+    moved = tmp_path / "moved"
+    shutil.copytree(texts, moved, copy_function=shutil.copyfile)  # new inodes and times, same bytes
+    documents_module._DIGESTS.clear()  # as in a new process
+    reads = _count_calls(monkeypatch, hashlib, "file_digest")
+    at_moved = _config(tmp_path, corpus={"layout": "text_dir", "path": str(moved)}, tokenizer={"vocab_size": 300})
+    warm = build_corpus(at_moved)
+    assert warm.cache_hits == CacheHits(segments=True, tokenizer=True, tokens=True)
+    assert warm.corpus_digest == cold.corpus_digest and warm.cache_dir == cold.cache_dir
+    assert reads[0] == 6  # the copy is new to the memo
+
+    documents_module._DIGESTS.clear()
+    reads[0] = 0
+    assert build_corpus(at_moved).corpus_digest == cold.corpus_digest and reads[0] == 0  # remembered in the cache
+
+    (moved / "doc3.txt").write_text((moved / "doc3.txt").read_text().replace("river", "rivers"))
+    edited = build_corpus(at_moved)
+    assert not edited.cache_hits.tokenizer and not edited.from_cache and edited.corpus_digest != cold.corpus_digest
+    assert reads[0] == 1  # only the changed file is read again
 
 
 def test_wikitext_build_keeps_document_boundaries(shared_data, tmp_path):

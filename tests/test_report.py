@@ -57,6 +57,7 @@ def test_the_sweep_records_its_grid_and_the_tidy_table_holds_the_run_directories
     report = build_report(folder)
     tidy = report.tidy
     assert len(tidy) == 4 and report.problems == []
+    assert tidy["corpus_digest"].nunique() == 1 and len(tidy["corpus_digest"].iloc[0]) == 16  # one corpus, both arms
     assert sorted(zip(tidy["point"], tidy["finetune_seed"], strict=True)) == [("dynamic", 0), ("dynamic", 1),
                                                                               ("static", 0), ("static", 1)]
     assert set(tidy["task"]) == {"sst2"} and set(tidy["finetune_lr"]) == {1e-3}
@@ -148,6 +149,18 @@ def test_a_partial_corrupt_and_stray_results_folder_is_reported_with_one_line_ea
     (static[0].pretrain.path / "final_metrics.json").unlink()
     written, _ = write_report(copy, out=tmp_path / "running")
     assert re.search(r"- wall-clock: \S+ with at least one job running, 3 jobs;", written[0].read_text())
+
+
+def test_runs_trained_on_an_edited_corpus_are_reported(results, tmp_path):
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    folder = copy / "tiny_report"
+    static = next(j for j in build_report(folder).plan.pretrain if j.run.point.label == "static")
+    final = json.loads((static.path / "final_metrics.json").read_text())
+    (static.path / "final_metrics.json").write_text(json.dumps({**final, "corpus_digest": "0" * 16}))
+    problems = build_report(folder).problems
+    assert len(problems) == 1 and "trained on different documents" in problems[0]
+    assert f"{'0' * 16}: {static.path.name}" in problems[0]
 
 
 def test_bad_input_is_one_line(results, tmp_path, capsys):

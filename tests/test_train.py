@@ -11,6 +11,8 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from harness.config import load_config
+from harness.data.corpus import build_corpus
+from harness.data.tokenizer import tokenizer_digest
 from harness.runs import FINAL_METRICS_FILE, read_curves
 from harness.train import EXPORT_DIR, pretrain
 
@@ -96,6 +98,9 @@ def test_finished_run_is_returned_not_retrained(shared_data, tmp_path):
     config = load_config(overrides=BASE + ["budget.max_steps=4", "budget.val_every_steps=4"])
     first = pretrain(config, shared_data, tmp_path)
     final = _run_dir(tmp_path) / FINAL_METRICS_FILE
+    corpus = build_corpus(config, shared_data)  # what the run trained on, by content
+    assert (first["corpus_digest"], first["tokenizer_digest"]) == (corpus.corpus_digest,
+                                                                   tokenizer_digest(corpus.tokenizer_dir))
     stamp = final.stat().st_mtime_ns
     assert pretrain(config, shared_data, tmp_path) == first
     assert final.stat().st_mtime_ns == stamp

@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any
 from harness.config import CorpusConfig, RunConfig
 from harness.data import segment
 from harness.data.documents import (
+    DIGESTS_DIR,
     CorpusError,
+    corpus_digest,
     describe_source,
     fingerprint,
     load_documents,
@@ -76,6 +78,7 @@ class TokenizedCorpus:
     tokenizer_dir: Path
     cache_dir: Path
     cache_hits: CacheHits
+    corpus_digest: str  # harness.data.documents.corpus_digest: equal for equal documents, wherever they lie
 
     @property
     def from_cache(self) -> bool:
@@ -97,6 +100,7 @@ class TokenizedCorpus:
             "tokenizer_from_cache": self.cache_hits.tokenizer,
             "cache_dir": str(self.cache_dir),
             "tokenizer_dir": str(self.tokenizer_dir),
+            "corpus_digest": self.corpus_digest,
         }
 
 
@@ -256,7 +260,7 @@ def build_corpus(config: RunConfig, data_dir: str | Path | None = None) -> Token
 
     encoding_errors = config.corpus.encoding_errors
     root = cache_root(config.impl.cache_dir)
-    source = source_identity(config.corpus, data_dir, encoding_errors)
+    source = source_identity(config.corpus, data_dir, encoding_errors, root / DIGESTS_DIR)
     with _scratch(root) as work:
         @cache
         def documents() -> Dataset:
@@ -274,4 +278,5 @@ def build_corpus(config: RunConfig, data_dir: str | Path | None = None) -> Token
     splits = load_from_disk(str(final))
     hits = CacheHits(segments=segments_hit, tokenizer=tokenizer_hit, tokens=tokens_hit)
     return TokenizedCorpus(train=splits["train"], validation=splits["validation"], tokenizer=tokenizer,
-                           tokenizer_dir=tokenizer_dir, cache_dir=final, cache_hits=hits)
+                           tokenizer_dir=tokenizer_dir, cache_dir=final, cache_hits=hits,
+                           corpus_digest=corpus_digest(source))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from harness.config import CorpusConfig, HarnessError
-from harness.paths import resolve_data_path
+from harness.paths import atomic_write_text, resolve_data_path
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -29,6 +29,8 @@ Document = dict[str, str]  # doc_id, title, text
 
 # Bump when a reader's output changes (e.g. how WikiText articles are found): it is part of every cache key.
 DOCUMENTS_VERSION = 1
+# The folder of the cache that remembers file hashes (source_identity's memo_dir).
+DIGESTS_DIR = "digests"
 
 
 class CorpusError(HarnessError):
@@ -172,9 +174,12 @@ def _local_source(corpus: CorpusConfig, data_dir: str | Path | None) -> Path:
     return path
 
 
-def source_identity(corpus: CorpusConfig, data_dir: str | Path | None, errors: EncodingErrors) -> dict[str, Any]:
-    """Everything that decides the documents, cheap to compute (file sizes and times, not contents), so that a warm
-    cache is found without reading the corpus."""
+def source_identity(corpus: CorpusConfig, data_dir: str | Path | None, errors: EncodingErrors,
+                    memo_dir: Path | None = None) -> dict[str, Any]:
+    """Everything that decides the documents: for a local corpus, the content hash of every file (not its path's
+    times), so that a copied, re-created or touched corpus with the same bytes keeps its caches and a changed one
+    never reuses them. Hashes are remembered per file by (size, mtime, inode), in this process and in `memo_dir`
+    (the cache's), so an unchanged corpus is read once."""
     shape = {"version": DOCUMENTS_VERSION, "layout": corpus.layout, "max_documents": corpus.max_documents,
              "encoding_errors": errors}
     if corpus.layout == "jsonl" or corpus.hub is not None:
@@ -183,9 +188,50 @@ def source_identity(corpus: CorpusConfig, data_dir: str | Path | None, errors: E
         return {**shape, "hub": corpus.hub, "hub_config": corpus.hub_config, "hub_split": corpus.hub_split}
     path = _local_source(corpus, data_dir)
     files = text_files(path) if path.is_dir() else [path]
-    stats = [(p.relative_to(path).as_posix() if path.is_dir() else "", p.stat().st_size, p.stat().st_mtime_ns)
-             for p in files]
-    return {**shape, "path": str(path), "files": stats}
+    digests = file_digests(files, memo_dir)
+    # The names the document ids are made of: paths below the folder, or the file's own name.
+    names = [p.relative_to(path).as_posix() if path.is_dir() else p.name for p in files]
+    return {**shape, "files": [(name, p.stat().st_size, digest)
+                               for name, p, digest in zip(names, files, digests, strict=True)]}
+
+
+def corpus_digest(identity: dict[str, Any]) -> str:
+    """What final_metrics.json records of the documents a run trained on: equal for equal contents, wherever the
+    files lie."""
+    return fingerprint(identity)
+
+
+_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+
+
+def file_digests(files: Sequence[Path], memo_dir: Path | None = None) -> list[str]:
+    """SHA-256 (first 16 hex digits) of each file's bytes, read only when its (size, mtime, inode) is not already
+    remembered. With `memo_dir` the answers of other processes count too: a JSON file per folder of files."""
+    memo_file = memo = None
+    if memo_dir is not None and files:
+        memo_file = memo_dir / f"{fingerprint(str(files[0].parent.resolve()))}.json"
+        try:
+            memo = json.loads(memo_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            memo = {}
+    out, changed = [], False
+    for file in files:
+        stat = file.stat()
+        key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+        if key not in _DIGESTS and memo is not None and isinstance(memo.get(key[0]), list) \
+                and memo[key[0]][:3] == stamp and len(memo[key[0]]) == 4:
+            _DIGESTS[key] = memo[key[0]][3]
+        if key not in _DIGESTS:
+            with file.open("rb") as handle:
+                _DIGESTS[key] = hashlib.file_digest(handle, "sha256").hexdigest()[:16]
+        if memo is not None and memo.get(key[0]) != [*stamp, _DIGESTS[key]]:
+            memo[key[0]], changed = [*stamp, _DIGESTS[key]], True
+        out.append(_DIGESTS[key])
+    if changed and memo_file is not None:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(memo_file, json.dumps(memo))
+    return out
 
 
 def _generate_documents(corpus_json: str, path: str | None, errors: EncodingErrors, hub_rows: Any = None
@@ -232,7 +278,8 @@ def load_documents(corpus: CorpusConfig, data_dir: str | Path | None, workdir: P
 
     identity = source_identity(corpus, data_dir, encoding_errors)
     hub_rows = open_hub_dataset(corpus) if corpus.hub is not None else None
-    kwargs = {"corpus_json": corpus.model_dump_json(), "path": identity.get("path"), "errors": encoding_errors,
+    path = None if corpus.hub is not None else str(_local_source(corpus, data_dir))
+    kwargs = {"corpus_json": corpus.model_dump_json(), "path": path, "errors": encoding_errors,
               "hub_rows": hub_rows}
     features = Features({"doc_id": Value("string"), "title": Value("string"), "text": Value("string")})
     try:

@@ -224,6 +224,7 @@ class PretrainDataModule(pl.LightningDataModule):
         self.tokenizer, self.tokenizer_dir = corpus.tokenizer, corpus.tokenizer_dir
         self.specials = SpecialTokens.from_tokenizer(corpus.tokenizer)
         self._corpus_key = corpus.cache_dir.name
+        self.corpus_digest = corpus.corpus_digest
         self.common_validation = self._build_common_validation(corpus)
         return self._build_train(corpus.documents("train")), self._build_validation(corpus.documents("validation"))
 
@@ -327,6 +328,13 @@ class PretrainDataModule(pl.LightningDataModule):
         sampler = EpochBatchSampler(examples.packed.lengths(), seed=0, shuffle=False,
                                     batch_size=self.micro_batch_size, rank=rank, world_size=world)
         return DataLoader(examples, batch_sampler=sampler, collate_fn=collate, **self._loader_options())
+
+    def data_identity(self) -> dict[str, str]:
+        """For final_metrics.json: content hashes of the documents and of the tokenizer the run trained on, so a
+        report can tell whether runs it compares saw the same data (a corpus edited between runs does not)."""
+        from harness.data.tokenizer import tokenizer_digest
+
+        return {"corpus_digest": self.corpus_digest, "tokenizer_digest": tokenizer_digest(Path(self.tokenizer_dir))}
 
     def common_val_record(self) -> dict[str, int]:
         """The fixed figures of the common held-out set, for final_metrics.json: its documents and characters

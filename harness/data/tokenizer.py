@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.config import ConfigError, RunConfig
-from harness.data.documents import fingerprint, load_documents, source_identity, validation_mask
+from harness.data.documents import DIGESTS_DIR, fingerprint, load_documents, source_identity, validation_mask
 from harness.data.segment import split_paragraphs
 from harness.paths import atomic_dir, cache_root, resolve_data_path
 
@@ -212,7 +212,7 @@ def build_tokenizer(config: RunConfig, data_dir: str | Path | None = None) -> tu
     encoding_errors = config.corpus.encoding_errors
     root = cache_root(config.impl.cache_dir)
     given = config.tokenizer.path is not None  # then the corpus is not needed at all
-    source = {} if given else source_identity(config.corpus, data_dir, encoding_errors)
+    source = {} if given else source_identity(config.corpus, data_dir, encoding_errors, root / DIGESTS_DIR)
     (root / "tmp").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root / "tmp") as work:
         def documents() -> Dataset:
