@@ -3,7 +3,8 @@
     results/<experiment>/runs/<run-name>__<run-id>/          a pre-training run (config.yaml)
     results/<experiment>/finetune/<study>/lr<lr>__seed<seed>/  a fine-tuning trial (config.json)
         config.*             the resolved config, written first and never rewritten
-        env.json             git commit, package versions, machine, seed (+ one entry per relaunch)
+        env.json             git commit, package versions, machine, seed (+ one entry per relaunch); "data": the
+                             corpus and tokenizer digests a pre-training run started on (a relaunch must match)
         checkpoints/last.ckpt  the Lightning checkpoint a half-finished record resumes from
         failed.json          why the last launch failed (message, traceback); removed when it is launched again
         final_metrics.json   written atomically last; its presence means the record is done
@@ -214,6 +215,24 @@ def _record_relaunch(env_path: Path, environment: Callable[[], dict[str, Any]], 
         record = {**current, "resumes": []}
     record.setdefault("resumes", []).append({**current, "status": status})
     atomic_write_text(env_path, _to_json(record))
+
+
+def check_run_data(path: str | Path, identity: dict[str, str]) -> None:
+    """The data of a pre-training run, by content (corpus_digest, tokenizer_digest): its first launch records it in
+    env.json ("data"); a relaunch that finds other data is refused, for resuming on other documents or other token
+    ids would mix two experiments (a corpus edited between launches; a tokenizer retrained differently in a fresh
+    cache, see huggingface/tokenizers#1794). A run recorded before this field existed gets it at its next launch."""
+    env_path = Path(path) / ENV_FILE
+    record = json.loads(env_path.read_text(encoding="utf-8"))
+    recorded = record.get("data")
+    if recorded is None:
+        atomic_write_text(env_path, _to_json({**record, "data": identity}))
+        return
+    field = next((key for key in sorted(identity) if key in recorded and recorded[key] != identity[key]), None)
+    if field is not None:
+        raise RunDirError(f"run directory {Path(path)} started on other data ({field}: {recorded[field]} there, "
+                          f"{identity[field]} now); restore the corpus and tokenizer it started with, or move the "
+                          "run away to start it again")
 
 
 def write_failure(path: str | Path, error: BaseException | str, traceback_text: str | None = None) -> Path:

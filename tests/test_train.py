@@ -13,7 +13,7 @@ from pytorch_lightning.callbacks import Callback
 from harness.config import load_config
 from harness.data.corpus import build_corpus
 from harness.data.tokenizer import tokenizer_digest
-from harness.runs import FINAL_METRICS_FILE, read_curves
+from harness.runs import FINAL_METRICS_FILE, RunDirError, read_curves
 from harness.train import EXPORT_DIR, pretrain
 
 BASE = [
@@ -92,6 +92,33 @@ def test_killed_run_resumes_to_the_same_result(shared_data, tmp_path):
     assert list(b_curve.index) == list(a_curve.index)  # the first launch's curve survived the resume
     assert b_curve.to_numpy() == pytest.approx(a_curve.to_numpy(), abs=1e-4)
     assert len(list((run_b / "logs").glob("launch-*/metrics.csv"))) == 2
+
+
+def test_a_run_does_not_resume_on_an_edited_corpus(shared_data, tmp_path):
+    """The first launch records the data by content in env.json; a relaunch on other bytes stops before training
+    with one line, and the restored corpus resumes the run."""
+    corpus = tmp_path / "wiki.valid.raw"
+    original = (shared_data / "corpora/wikitext-2-raw/wiki.valid.raw").read_text(encoding="utf-8")
+    corpus.write_text(original, encoding="utf-8")
+    config = load_config(overrides=BASE + [f"corpus.path={corpus}", "corpus.max_documents=12",
+                                         "corpus.validation_fraction=0.25", "budget.max_steps=8"])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pretrain(config, shared_data, tmp_path / "results", extra_callbacks=[KillAt(4)])
+    run = _run_dir(tmp_path / "results")
+    recorded = json.loads((run / "env.json").read_text())["data"]
+    assert set(recorded) == {"corpus_digest", "tokenizer_digest"}
+
+    corpus.write_text(original.replace(" the ", " a ", 1), encoding="utf-8")
+    with pytest.raises(RunDirError) as err:
+        pretrain(config, shared_data, tmp_path / "results")
+    message = str(err.value)
+    assert "\n" not in message and f"corpus_digest: {recorded['corpus_digest']} there" in message
+    assert not (run / FINAL_METRICS_FILE).exists()
+
+    corpus.write_text(original, encoding="utf-8")
+    resumed = pretrain(config, shared_data, tmp_path / "results")
+    assert resumed["steps"] == 8 and resumed["corpus_digest"] == recorded["corpus_digest"]
+    assert len(json.loads((run / "env.json").read_text())["resumes"]) == 2
 
 
 def test_finished_run_is_returned_not_retrained(shared_data, tmp_path):
