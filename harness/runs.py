@@ -37,6 +37,7 @@ TRIAL_CONFIG_FILE = "config.json"  # fine-tuning trials: settings, task and reso
 RECORD_CONFIG_FILES = (CONFIG_FILE, TRIAL_CONFIG_FILE)
 FAILED_FILE = "failed.json"
 ENV_FILE = "env.json"
+REFUSED = "refused"  # the status of a relaunch stopped before training (check_run_data)
 FINAL_METRICS_FILE = "final_metrics.json"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
@@ -230,6 +231,9 @@ def check_run_data(path: str | Path, identity: dict[str, str]) -> None:
         return
     field = next((key for key in sorted(identity) if key in recorded and recorded[key] != identity[key]), None)
     if field is not None:
+        if record.get("resumes"):  # this launch's entry: it did not run
+            record["resumes"][-1]["status"] = REFUSED
+            atomic_write_text(env_path, _to_json(record))
         raise RunDirError(f"run directory {Path(path)} started on other data ({field}: {recorded[field]} there, "
                           f"{identity[field]} now); restore the corpus and tokenizer it started with, or move the "
                           "run away to start it again")
@@ -384,7 +388,8 @@ def launch_intervals(path: str | Path) -> list[tuple[datetime, datetime]]:
     final = path / FINAL_METRICS_FILE
     try:
         record = json.loads((path / ENV_FILE).read_text(encoding="utf-8"))
-        starts = [datetime.fromisoformat(entry["time_utc"]) for entry in [record, *record.get("resumes", [])]]
+        starts = [datetime.fromisoformat(entry["time_utc"]) for entry in [record, *record.get("resumes", [])]
+                  if entry.get("status") != REFUSED]  # refused before training: no log folder, no time
         finished = datetime.fromtimestamp(final.stat().st_mtime, UTC)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return []

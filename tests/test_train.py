@@ -13,7 +13,7 @@ from pytorch_lightning.callbacks import Callback
 from harness.config import load_config
 from harness.data.corpus import build_corpus
 from harness.data.tokenizer import tokenizer_digest
-from harness.runs import FINAL_METRICS_FILE, RunDirError, read_curves
+from harness.runs import FINAL_METRICS_FILE, RunDirError, launch_intervals, read_curves
 from harness.train import EXPORT_DIR, pretrain
 
 BASE = [
@@ -118,7 +118,9 @@ def test_a_run_does_not_resume_on_an_edited_corpus(shared_data, tmp_path):
     corpus.write_text(original, encoding="utf-8")
     resumed = pretrain(config, shared_data, tmp_path / "results")
     assert resumed["steps"] == 8 and resumed["corpus_digest"] == recorded["corpus_digest"]
-    assert len(json.loads((run / "env.json").read_text())["resumes"]) == 2
+    resumes = json.loads((run / "env.json").read_text())["resumes"]
+    assert [entry["status"] for entry in resumes] == ["refused", "resumable"]
+    assert len(launch_intervals(run)) == 2  # the refused launch took no time
 
 
 def test_finished_run_is_returned_not_retrained(shared_data, tmp_path):
