@@ -57,7 +57,8 @@ def test_the_sweep_records_its_grid_and_the_tidy_table_holds_the_run_directories
     report = build_report(folder)
     tidy = report.tidy
     assert len(tidy) == 4 and report.problems == []
-    assert tidy["corpus_digest"].nunique() == 1 and len(tidy["corpus_digest"].iloc[0]) == 16  # one corpus, both arms
+    for digest in ("corpus_digest", "tokenizer_digest"):  # one corpus and one vocabulary for both arms
+        assert tidy[digest].nunique() == 1 and len(tidy[digest].iloc[0]) == 16
     assert sorted(zip(tidy["point"], tidy["finetune_seed"], strict=True)) == [("dynamic", 0), ("dynamic", 1),
                                                                               ("static", 0), ("static", 1)]
     assert set(tidy["task"]) == {"sst2"} and set(tidy["finetune_lr"]) == {1e-3}
@@ -151,15 +152,16 @@ def test_a_partial_corrupt_and_stray_results_folder_is_reported_with_one_line_ea
     assert re.search(r"- wall-clock: \S+ with at least one job running, 3 jobs;", written[0].read_text())
 
 
-def test_runs_trained_on_an_edited_corpus_are_reported(results, tmp_path):
+@pytest.mark.parametrize(("column", "what"), [("corpus_digest", "documents"), ("tokenizer_digest", "vocabularies")])
+def test_runs_trained_on_other_data_are_reported(results, tmp_path, column, what):
     copy = tmp_path / "results"
     shutil.copytree(results, copy)
     folder = copy / "tiny_report"
     static = next(j for j in build_report(folder).plan.pretrain if j.run.point.label == "static")
     final = json.loads((static.path / "final_metrics.json").read_text())
-    (static.path / "final_metrics.json").write_text(json.dumps({**final, "corpus_digest": "0" * 16}))
+    (static.path / "final_metrics.json").write_text(json.dumps({**final, column: "0" * 16}))
     problems = build_report(folder).problems
-    assert len(problems) == 1 and "trained on different documents" in problems[0]
+    assert len(problems) == 1 and f"trained on different {what} ({column} " in problems[0]
     assert f"{'0' * 16}: {static.path.name}" in problems[0]
 
 

@@ -34,7 +34,7 @@ STUDY_FILE = "study.json"
 PAPER_TABLES = Path(__file__).with_name("paper_tables.yaml")
 PRETRAIN_METRICS = ("steps", "tokens_seen", "common_val_ppl", "common_val_bpc", "val_mlm_loss", "val_ppl",
                     "train_tokens_per_update", "train_padded_tokens_per_update", "train_sequences_per_update",
-                    "corpus_digest")
+                    "corpus_digest", "tokenizer_digest")
 # The common held-out set is scored the same way for every tokenizer and input format: the columns every table has.
 HELDOUT = {"ppl": "common_val_ppl", "bpc": "common_val_bpc"}
 LOWER_IS_BETTER = {"ppl", "bpc"}
@@ -119,7 +119,7 @@ def build_report(folder: str | Path) -> StudyReport:
     plan = expand(study, folder.parent)
     problems: list[str] = []
     tidy = pd.DataFrame(_tidy_rows(plan, problems))
-    problems += _strays(plan, folder) + _corpus_changes(tidy)
+    problems += _strays(plan, folder) + _data_changes(tidy)
     paper = load_paper_tables().get(study.name)
     reference = _reference(study, paper)
     cells = pd.DataFrame(_cells(plan, tidy, study))
@@ -243,21 +243,31 @@ def _read(path: Path | None, problems: list[str], required: tuple[str, ...]) -> 
     return final
 
 
-def _corpus_changes(tidy: Any) -> list[str]:
-    """Runs whose corpus settings are equal but whose documents were not (corpus_digest differs: the files were
-    edited between runs): one line per such group, for their comparison is not like for like. Runs recorded before
-    the digest existed are not judged."""
-    if not len(tidy) or "corpus_digest" not in tidy:
+# What must be equal between runs whose settings are: the digest, and the settings that decide it.
+DATA_DIGESTS = {"corpus_digest": ("corpus.",), "tokenizer_digest": ("corpus.", "tokenizer.")}
+
+
+def _data_changes(tidy: Any) -> list[str]:
+    """Runs whose corpus (and tokenizer) settings are equal but whose documents or vocabularies were not: the
+    corpus was edited between runs, or WordPiece was retrained differently in another cache (tokenizers#1794). One
+    line per such group, for their comparison is not like for like. Runs recorded before the digests existed are
+    not judged."""
+    if not len(tidy):
         return []
-    runs = tidy.drop_duplicates("run_dir").dropna(subset=["corpus_digest"])
-    settings = [c for c in runs.columns if c.startswith("corpus.")]
+    runs = tidy.drop_duplicates("run_dir")
     lines = []
-    for _, group in runs.groupby(settings, dropna=False) if settings else []:
-        digests = group.groupby("corpus_digest")["run_dir"].apply(lambda dirs: ", ".join(Path(d).name for d in dirs))
-        if len(digests) > 1:
-            listed = "; ".join(f"{digest}: {dirs}" for digest, dirs in digests.items())
-            lines.append(f"runs with the same corpus settings trained on different documents ({listed}): the corpus "
-                         "changed between them, so their comparison is not like for like")
+    for column, prefixes in DATA_DIGESTS.items():
+        if column not in runs:
+            continue
+        known = runs.dropna(subset=[column])
+        settings = [c for c in known.columns if c.startswith(prefixes)]
+        for _, group in known.groupby(settings, dropna=False) if settings and len(known) else []:
+            digests = group.groupby(column)["run_dir"].apply(lambda dirs: ", ".join(Path(d).name for d in dirs))
+            if len(digests) > 1:
+                listed = "; ".join(f"{digest}: {dirs}" for digest, dirs in digests.items())
+                what = "documents" if column == "corpus_digest" else "vocabularies"
+                lines.append(f"runs with the same {' and '.join(p.rstrip('.') for p in prefixes)} settings trained on "
+                             f"different {what} ({column} {listed}): their comparison is not like for like")
     return lines
 
 
