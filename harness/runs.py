@@ -218,15 +218,16 @@ def _record_relaunch(env_path: Path, environment: Callable[[], dict[str, Any]], 
     atomic_write_text(env_path, _to_json(record))
 
 
-def check_run_data(path: str | Path, identity: dict[str, str]) -> None:
-    """The data of a pre-training run, by content (corpus_digest, tokenizer_digest): its first launch records it in
-    env.json ("data"); a relaunch that finds other data is refused, for resuming on other documents or other token
-    ids would mix two experiments (a corpus edited between launches; a tokenizer retrained differently in a fresh
-    cache, see huggingface/tokenizers#1794). A run recorded before this field existed gets it at its next launch."""
-    env_path = Path(path) / ENV_FILE
+def check_run_data(run: RunDir, identity: dict[str, str]) -> None:
+    """The data of a pre-training run, by content (corpus_digest, tokenizer_digest): a launch that starts from
+    scratch records it in env.json ("data"); a relaunch that resumes from a checkpoint and finds other data is
+    refused, for resuming on other documents or other token ids would mix two experiments (a corpus edited between
+    launches; a tokenizer retrained differently in a fresh cache, see huggingface/tokenizers#1794). A run recorded
+    before this field existed gets it at its next launch."""
+    env_path = run.path / ENV_FILE
     record = json.loads(env_path.read_text(encoding="utf-8"))
     recorded = record.get("data")
-    if recorded is None:
+    if recorded is None or run.status != "resumable":
         atomic_write_text(env_path, _to_json({**record, "data": identity}))
         return
     field = next((key for key in sorted(identity) if key in recorded and recorded[key] != identity[key]), None)
@@ -234,7 +235,7 @@ def check_run_data(path: str | Path, identity: dict[str, str]) -> None:
         if record.get("resumes"):  # this launch's entry: it did not run
             record["resumes"][-1]["status"] = REFUSED
             atomic_write_text(env_path, _to_json(record))
-        raise RunDirError(f"run directory {Path(path)} started on other data ({field}: {recorded[field]} there, "
+        raise RunDirError(f"run directory {run.path} started on other data ({field}: {recorded[field]} there, "
                           f"{identity[field]} now); restore the corpus and tokenizer it started with, or move the "
                           "run away to start it again")
 

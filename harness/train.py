@@ -157,7 +157,7 @@ def pretrain(config: RunConfig, data_dir: str | Path | None = None, results_root
         run = prepare_run_dir(config, results_root) if process.is_zero else open_prepared_run_dir(config, results_root)
         if not run.done and process.is_zero:
             data.prepare_data()  # tokenizer and tokenized corpus, cached for the other ranks
-            check_run_data(run.path, data.data_identity())  # a relaunch trains on the data its run started with
+            check_run_data(run, data.data_identity())  # a relaunch trains on the data its run started with
     if run.done:
         return read_final_metrics(run) if process.is_zero else {}
     data.setup("fit")

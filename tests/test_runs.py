@@ -208,3 +208,21 @@ def test_launch_intervals_skip_the_time_between_sessions_and_count_parallel_jobs
     assert runs.busy_seconds(a + b) / 60 == 10 + 30
     (tmp_path / "a" / "final_metrics.json").unlink()
     assert runs.launch_intervals(tmp_path / "a") == []  # an unfinished record has not taken its time yet
+
+
+def test_only_a_resuming_launch_must_find_the_data_its_run_started_on(tmp_path, config):
+    data, other = {"corpus_digest": "a" * 16, "tokenizer_digest": "b" * 16}, {"corpus_digest": "c" * 16}
+    run = prepare_run_dir(config, tmp_path)
+    runs.check_run_data(run, data)
+    assert json.loads((run.path / "env.json").read_text())["data"] == data
+    relaunch = prepare_run_dir(config, tmp_path)  # no checkpoint yet: it starts from scratch, on whatever data
+    runs.check_run_data(relaunch, {**data, **other})
+    assert json.loads((run.path / "env.json").read_text())["data"]["corpus_digest"] == "c" * 16
+    run.checkpoint_dir.mkdir()
+    (run.checkpoint_dir / "last.ckpt").write_bytes(b"checkpoint")
+    resuming = prepare_run_dir(config, tmp_path)
+    assert resuming.status == "resumable"
+    runs.check_run_data(resuming, {**data, **other})  # the data it started on
+    with pytest.raises(RunDirError, match=f"corpus_digest: {'c' * 16} there, {'a' * 16} now"):
+        runs.check_run_data(resuming, data)
+    assert json.loads((run.path / "env.json").read_text())["resumes"][-1]["status"] == runs.REFUSED

@@ -197,7 +197,7 @@ def source_identity(corpus: CorpusConfig, data_dir: str | Path | None, errors: E
 
 def corpus_digest(identity: dict[str, Any]) -> str:
     """What final_metrics.json records of the documents a run trained on: equal for equal contents, wherever the
-    files lie."""
+    files lie (for a hub dataset: its name, config and split; the hub revision is not pinned)."""
     return fingerprint(identity)
 
 
