@@ -108,6 +108,8 @@ def test_report_files_are_written_from_the_run_directories(results, tmp_path):
     assert written == [target / "report.md"] and messages == []
     text = (target / "report.md").read_text()
     assert "## Our table" in text and "| static |" in text and "n=2/2" in text and "nothing: every cell" in text
+    digest = build_report(results / "tiny_report").tidy["corpus_digest"].iloc[0]
+    assert re.search(rf"- corpus: `\S+` \(corpus_digest {digest}\); model:", text)  # one corpus, named by content
     # how long the study took, from its records: 2 pre-training runs and 4 fine-tuning trials
     assert re.search(r"- wall-clock: \S+ with at least one job running, 6 jobs; first start .* UTC \(span \S+\); "
                      r"job time pre-training \S+, fine-tuning \S+", text), text[:1500]

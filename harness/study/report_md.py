@@ -174,7 +174,8 @@ def report_markdown(report: StudyReport, figures: list[Path], target: Path, comm
     lines = [f"# {study.name}" + (f" at scale {study.scale}" if study.scale else ""), "",
              study.description, "",
              f"- results: `{report.folder}`; grid: `{_grid_path(report)}`",
-             f"- corpus: `{first.corpus.path or first.corpus.hub}`; model: {first.model.family} `{first.model.size}`",
+             f"- corpus: `{first.corpus.path or first.corpus.hub}`{_digests(runs)}; model: {first.model.family} "
+             f"`{first.model.size}`",
              f"- pre-training seeds: {sorted({r.seed for r in study.runs})}; fine-tuning seeds: {seeds_ft}",
              "- tokens seen per arm: " + (", ".join(f"{k} {int(v):,}" for k, v in tokens.items()) or "none yet"),
              f"- commit: {_commit(runs)}; made by: `{command or 'harness report ' + str(report.folder)}`",
@@ -191,6 +192,18 @@ def report_markdown(report: StudyReport, figures: list[Path], target: Path, comm
              "## Missing and skipped", "", *_missing_lines(report), "",
              f"Tidy data: `pandas.read_csv('{target / 'tidy.csv'}')`; LaTeX: `table.tex`.", ""]
     return "\n".join(lines)
+
+
+def _digests(runs: Any) -> str:
+    """The corpus the finished runs trained on, by content (several digests: the problems list says which runs)."""
+    if not len(runs) or "corpus_digest" not in runs:
+        return ""
+    known = sorted(runs["corpus_digest"].dropna().unique())
+    unknown = int(runs["corpus_digest"].isna().sum())
+    if not known:
+        return ""
+    return f" (corpus_digest {', '.join(known)}" + (f"; {unknown} run(s) recorded before the digest" if unknown
+                                                    else "") + ")"
 
 
 def _wall_clock(report: StudyReport) -> str:
