@@ -86,6 +86,18 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from harness.evaluate import load_zero_shot_settings, zero_shot_task
+
+    task = zero_shot_task(args.task)
+    settings = load_zero_shot_settings(args.task, args.overrides)  # a bad value fails before the model loads
+    metrics = task.evaluate(args.checkpoint, args.data_dir, settings, args.results)
+    record = task.record_path(args.results, args.checkpoint, settings, metrics["checkpoint_fingerprint"])
+    shown = ("task", "scoring", "overall", "by_field", "by_term", "ties", "pairs", "paradigms")
+    print(json.dumps({**{key: metrics[key] for key in shown if key in metrics}, "record": str(record)}, indent=2))
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Expand a grid file into jobs, print the plan, run what is missing, print the table and the failures."""
     from harness.study import sweep
@@ -149,6 +161,18 @@ def _finetune_args(command: argparse.ArgumentParser) -> None:
     command.add_argument("--results", type=Path, default=Path("results"), help="results root folder")
 
 
+def _evaluate_args(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--checkpoint", type=Path, required=True,
+                         help="a save_pretrained directory with its MLM head and tokenizer (e.g. a run's model/)")
+    command.add_argument("--task", required=True, help="zero-shot task: blimp")
+    command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a setting, e.g. --set blimp.scoring=pll_word_l2r, "
+                         "--set blimp.paradigms=adjunct_island,passive_1 (repeatable)")
+    command.add_argument("--data-dir", type=Path, default=None,
+                         help="root holding blimp/data/ (default: $HARNESS_DATA_DIR; neither: the hub)")
+    command.add_argument("--results", type=Path, default=Path("results"), help="results root folder")
+
+
 def _sweep_args(command: argparse.ArgumentParser, grid: Path | None = None) -> None:
     if grid is None:
         command.add_argument("grid", type=Path, help="grid file (see experiments/ and the README)")
@@ -205,6 +229,8 @@ COMMANDS: list[Command] = [
      _pretrain_args),
     ("finetune", cmd_finetune, "fine-tune a checkpoint on a task over the lr x seed grid (paper protocol)",
      _finetune_args),
+    ("evaluate", cmd_evaluate, "score a checkpoint zero-shot (BLiMP minimal pairs by MLM pseudo-log-likelihood)",
+     _evaluate_args),
     ("sweep", cmd_sweep, "run a grid file: pre-train and fine-tune every job that is missing, print the table",
      _sweep_args),
     ("quickstart", cmd_quickstart, "the quickstart study: harness sweep experiments/quickstart.yaml, then its report",

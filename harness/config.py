@@ -227,7 +227,8 @@ class OptimConfig(ConfigSection):
 
 
 class BudgetConfig(ConfigSection):
-    max_steps: int | None = Field(200, ge=1, description="optimizer updates to train for (set this or max_tokens)")
+    max_steps: int | None = Field(200, ge=0, description="optimizer updates to train for (set this or max_tokens); "
+                                   "0 = no pre-training: the initialised model is evaluated and exported")
     max_tokens: int | None = Field(None, ge=1, description="input tokens to train on (set this or max_steps)")
     val_every_steps: int = Field(50, ge=1, description="run held-out MLM evaluation every N updates")
     val_max_examples: int | None = Field(

@@ -10,6 +10,7 @@ Layout: results_root/<experiment>/finetune/<checkpoint>__<task>__<study id>/
     lr<lr>__seed<seed>/config.json    resolved settings, written first; env.json beside it (the run-record
                                       protocol of harness.runs: done / resume / refuse, failed.json)
     lr<lr>__seed<seed>/logs/          CSVLogger curves (a resumed trial adds a version folder)
+    lr<lr>__seed<seed>/dev_predictions.csv  `id,prediction,label` per dev example, from the last dev pass
     lr<lr>__seed<seed>/final_metrics.json  final dev metrics, written atomically last: marks the trial done
 The study id hashes the checkpoint's content, the task spec and every setting that changes a score, but
 not the grid (learning rates, seeds: extending it reuses finished trials) and not `impl` (speed only).
@@ -84,6 +85,9 @@ class FinetuneConfig(ConfigSection):
     doc_stride: int = Field(128, ge=1, description="QA: tokens of overlap between windows of a long context")
     max_answer_length: int = Field(30, ge=1, description="QA: longest answer span in tokens")
     n_best: int = Field(20, ge=1, description="QA: start/end candidates searched per window")
+    keep_pretrained_pooler: bool = Field(False, description="true: BERT's pooler starts from the checkpoint's (NSP-"
+                                         "trained) one when it has one (Google's fine-tuning); false: fresh, like "
+                                         "the head (fairseq), so NSP and no-NSP checkpoints get the same head")
     impl: FinetuneImpl = FinetuneImpl()
 
     @model_validator(mode="after")
@@ -114,7 +118,7 @@ def finetune(checkpoint: Path, task: str, data_dir: str | Path | None, settings:
     """Run (or finish) the lr x seed grid and return the summary that is also written to summary.json."""
     from harness.downstream.encode import checkpoint_fingerprint, open_checkpoint
 
-    spec = get_task(task)
+    spec = finetune_task(task)
     ckpt = open_checkpoint(checkpoint)
     fingerprint = checkpoint_fingerprint(ckpt.path)
     study_dir = finetune_study_dir(results_root, ckpt.path, spec, settings, fingerprint)
@@ -138,12 +142,20 @@ def finetune_trial(checkpoint: Path, task: str, data_dir: str | Path | None, set
     `trial_path(...)`. `callbacks` are extra Lightning callbacks (e.g. a progress reporter)."""
     from harness.downstream.encode import checkpoint_fingerprint, open_checkpoint
 
-    spec = get_task(task)
+    spec = finetune_task(task)
     ckpt = open_checkpoint(checkpoint)
     fingerprint = checkpoint_fingerprint(ckpt.path)
     trial_dir = finetune_study_dir(results_root, ckpt.path, spec, settings, fingerprint) / trial_name(lr, seed)
     data = None if is_done(trial_dir) else _prepare(spec, ckpt, data_dir, settings)
     return _trial(trial_dir, spec, ckpt, fingerprint, data, settings, lr, seed, callbacks)
+
+
+def finetune_task(name: str) -> TaskSpec:
+    """The spec of a task that is fine-tuned; a zero-shot task (BLiMP) is one line pointing at `harness evaluate`."""
+    spec = get_task(name)
+    if spec.kind == "zero_shot":
+        raise ConfigError(f"task '{name}' is zero-shot (no fine-tuning): score it with harness evaluate --task {name}")
+    return spec
 
 
 def trial_path(results_root: str | Path, checkpoint: Path, task: str, settings: FinetuneConfig, lr: float,
@@ -214,21 +226,17 @@ def run_trial(trial_dir: Path, spec: TaskSpec, ckpt: Any, data: Any, settings: F
               seed: int, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """One fine-tuning run under a Lightning Trainer; resumes from checkpoints/last.ckpt if a previous run of this
     trial was interrupted. Returns the final dev metrics."""
-    import pytorch_lightning as pl
     import torch
 
     from harness.downstream.encode import pad_batch
-    from harness.models.dropout import use_fast_dropout
-    from harness.models.finetune import FinetuneModule, load_finetune_model
+    from harness.downstream.evaluators import PREDICTIONS_FILE, write_predictions
+    from harness.models.finetune import FinetuneModule
     from harness.train import reuse_freed_memory
 
     if settings.impl.threads:
         torch.set_num_threads(settings.impl.threads)
     reuse_freed_memory(settings.impl.allocator == "reuse")
-    pl.seed_everything(seed, workers=True, verbose=False)  # before the head is initialised and data shuffled
-    model = load_finetune_model(ckpt.path, spec)
-    if settings.impl.fast_dropout:
-        use_fast_dropout(model)
+    model, fresh_modules = _seeded_model(ckpt.path, spec, settings, seed)
     module = FinetuneModule(model, data.make_evaluator(), learning_rate=lr,
                             weight_decay=settings.weight_decay, warmup_fraction=settings.warmup_fraction,
                             betas=settings.adam_betas, eps=settings.adam_eps)
@@ -250,8 +258,28 @@ def run_trial(trial_dir: Path, spec: TaskSpec, ckpt: Any, data: Any, settings: F
     finally:
         _finish_wandb(trainer)
     step, metrics = module.dev_history[-1]
+    # The evaluator still holds the last dev pass, the one whose metrics are final.
+    write_predictions(trial_dir / PREDICTIONS_FILE, module.evaluator.example_predictions())
     return {"dev": metrics, "score": metrics["score"], "global_step": step, "epochs": trainer.current_epoch,
-            "dev_history": [{"step": s, **m} for s, m in module.dev_history]}
+            "fresh_modules": fresh_modules, "dev_history": [{"step": s, **m} for s, m in module.dev_history]}
+
+
+def _seeded_model(checkpoint: Path, spec: TaskSpec, settings: FinetuneConfig, seed: int) -> tuple[Any, list[str]]:
+    """The checkpoint's encoder with a head drawn from `seed`, and the names of the modules drawn fresh; the global
+    generators are left seeded for the data order and dropout."""
+    import pytorch_lightning as pl
+
+    from harness.models.dropout import use_fast_dropout
+    from harness.models.finetune import init_fresh_head, load_pretrained
+
+    model, missing = load_pretrained(checkpoint, spec)
+    # After loading (which draws for the weights the checkpoint lacks, so as many numbers as it lacks weights) and
+    # before the head is drawn and the data shuffled: the head and the data order then depend on the seed only.
+    pl.seed_everything(seed, workers=True, verbose=False)
+    fresh_modules = init_fresh_head(model, missing, settings.keep_pretrained_pooler)
+    if settings.impl.fast_dropout:
+        use_fast_dropout(model)
+    return model, fresh_modules
 
 
 def _trainer(trial_dir: Path, settings: FinetuneConfig) -> Any:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from harness.config import ConfigError
 
-TaskKind = Literal["classification", "regression", "qa", "ner"]
+TaskKind = Literal["classification", "regression", "qa", "ner", "zero_shot"]  # zero_shot: scored, never fine-tuned
 Column = str | int  # a header name, or a 0-based index for files without a header
 
 
@@ -135,6 +135,11 @@ _SPECS: list[TaskSpec] = [
              {"train": FileSpec("eng.train"), "dev": FileSpec("eng.testa"), "test": FileSpec("eng.testb")},
              HubSpec("eriktks/conll2003", None, text_fields=("tokens",), label_field="ner_tags"),
              metrics=("f1", "precision", "recall"), selection_metric="f1", labels=_ENTITY_TAGS, tag_scheme="IOB1"),
+    # BLiMP's "file" is its folder of 67 paradigm files (data/<paradigm>.jsonl); the hub has one config per
+    # paradigm, each a single split `train` (it is a test set). Scored by harness.evaluate, never fine-tuned.
+    TaskSpec("blimp", "zero_shot", "blimp", ("",), {"test": FileSpec("data")},
+             HubSpec("nyu-mll/blimp", None, dev_split="train"),
+             metrics=("accuracy",), selection_metric="accuracy"),
 ]
 
 TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in _SPECS}

@@ -25,7 +25,7 @@ from harness.config import ImplConfig, RunConfig
 from harness.data.module import PretrainDataModule
 from harness.distributed import build_strategy, check_launch, join_early, rank_zero_first, this_process
 from harness.models.dropout import use_torch_dropout
-from harness.paths import atomic_dir
+from harness.paths import atomic_dir, atomic_write_text
 from harness.recipe import Recipe, build_datamodule, build_module, nominal_tokens_per_update, resolve_recipe
 from harness.runs import (
     RunDir,
@@ -177,6 +177,7 @@ def pretrain(config: RunConfig, data_dir: str | Path | None = None, results_root
     if trainer.global_rank != 0:
         return {}
     export_model(module, data, run.path / EXPORT_DIR)
+    write_heldout_documents(module.heldout_documents, run.path / HELDOUT_DOCUMENTS_FILE)
     sequences = int(module.sequences_seen.item())
     metrics = {
         "run_id": config.run_id(), "run_name": config.run_name(), "experiment": config.experiment,
@@ -193,6 +194,21 @@ def pretrain(config: RunConfig, data_dir: str | Path | None = None, results_root
     }
     write_final_metrics(run, metrics)
     return metrics
+
+
+HELDOUT_DOCUMENTS_FILE = "heldout_documents.csv"
+
+
+def write_heldout_documents(sums: dict[str, list[float]] | None, path: Path) -> None:
+    """The final evaluation's common held-out loss per document (document = its index in the validation split,
+    the same documents for every arm): masked tokens, their NLL in nats and their characters, so a report can
+    resample documents (bpc of a resample = sum nll / ln 2 / sum chars). Written before final_metrics.json."""
+    if not sums:
+        return
+    lines = ["document,masked_tokens,nll_nats,chars"]
+    lines += [f"{int(d)},{int(t)},{n:.6f},{int(c)}"
+              for d, n, t, c in zip(sums["document"], sums["nll"], sums["tokens"], sums["chars"], strict=True)]
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def export_model(module: Any, data: PretrainDataModule, export: Path) -> None:

@@ -16,7 +16,7 @@ from harness.config import ConfigError, HarnessError
 from harness.downstream.encode import encode_texts, open_checkpoint
 from harness.downstream.glue import TextExample
 from harness.downstream.sources import load_examples
-from harness.finetune import FinetuneConfig, finetune, load_finetune_config, summarize
+from harness.finetune import FinetuneConfig, finetune, load_finetune_config, study_name, summarize
 from harness.tasks import get_task
 
 FAST = ["learning_rates=[1e-3]", "seeds=[0]", "max_seq_length=48", "batch_size=16", "impl.eval_batch_size=128"]
@@ -46,9 +46,11 @@ def save_roberta(path: Path, sentences: list[str]) -> Path:
     return path
 
 
-def save_bert(path: Path, sentences: list[str], type_vocab_size: int = 2) -> Path:
+def save_bert(path: Path, sentences: list[str], type_vocab_size: int = 2, nsp: bool = False) -> Path:
+    """A tiny BERT checkpoint: BertForPreTraining (MLM + NSP heads and a pooler) with `nsp`, else BertForMaskedLM
+    (no pooler in the file), as pre-training saves them."""
     from tokenizers import BertWordPieceTokenizer
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+    from transformers import BertConfig, BertForMaskedLM, BertForPreTraining, BertTokenizer
 
     wordpiece = BertWordPieceTokenizer(lowercase=True)
     wordpiece.train_from_iterator(sentences, vocab_size=2000, show_progress=False,
@@ -60,7 +62,7 @@ def save_bert(path: Path, sentences: list[str], type_vocab_size: int = 2) -> Pat
                         intermediate_size=512, max_position_embeddings=64, type_vocab_size=type_vocab_size,
                         pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
-    BertForMaskedLM(config).save_pretrained(path)
+    (BertForPreTraining if nsp else BertForMaskedLM)(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
@@ -73,6 +75,11 @@ def roberta(tmp_path_factory, shared_data) -> Path:
 @pytest.fixture(scope="module")
 def bert(tmp_path_factory, shared_data) -> Path:
     return save_bert(tmp_path_factory.mktemp("bert") / "tiny-bert", sst2_sentences(shared_data)[:5000])
+
+
+@pytest.fixture(scope="module")
+def bert_nsp(tmp_path_factory, shared_data) -> Path:
+    return save_bert(tmp_path_factory.mktemp("bert-nsp") / "tiny-nsp", sst2_sentences(shared_data)[:5000], nsp=True)
 
 
 def one_line(err: pytest.ExceptionInfo) -> str:
@@ -126,6 +133,61 @@ def test_the_module_trains_with_dropout_on(roberta):
     assert not model.training  # from_pretrained hands back eval mode, and Lightning keeps submodule modes
     module = FinetuneModule(model, ClassificationEvaluator(get_task("sst2")), learning_rate=1e-3)
     assert all(m.training for m in module.model.modules())
+
+
+def saved_pooler(checkpoint: Path) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    return load_file(str(checkpoint / "model.safetensors"))["bert.pooler.dense.weight"]
+
+
+def test_every_head_starts_fresh_and_depends_on_the_seed_only(bert_nsp, bert, roberta):
+    from harness.models.finetune import init_fresh_head, load_finetune_model, load_pretrained
+
+    sst2 = get_task("sst2")
+    fresh = load_finetune_model(bert_nsp, sst2)
+    kept = load_finetune_model(bert_nsp, sst2, keep_pretrained_pooler=True)
+    assert not torch.allclose(fresh.bert.pooler.dense.weight, saved_pooler(bert_nsp))  # NSP-trained pooler dropped
+    assert torch.equal(kept.bert.pooler.dense.weight, saved_pooler(bert_nsp))  # Google's fine-tuning keeps it
+    heads = {}
+    for name, checkpoint in (("nsp", bert_nsp), ("mlm", bert)):  # with and without a pooler in the file
+        model, missing = load_pretrained(checkpoint, sst2)
+        assert ("bert.pooler.dense.weight" in missing) == (name == "mlm")
+        torch.manual_seed(7)
+        assert init_fresh_head(model, missing, keep_pretrained_pooler=True) == (
+            ["classifier"] if name == "nsp" else ["bert.pooler", "classifier"])
+        torch.manual_seed(7)
+        assert init_fresh_head(model, missing) == ["bert.pooler", "classifier"]
+        heads[name] = [p.detach().clone() for p in (*model.bert.pooler.parameters(), *model.classifier.parameters())]
+    assert all(torch.equal(a, b) for a, b in zip(heads["nsp"], heads["mlm"], strict=True))  # same seed, same head
+    for task, head in (("sst2", ["classifier"]), ("squad_v1", ["qa_outputs"]), ("conll2003", ["classifier"])):
+        model, missing = load_pretrained(roberta, get_task(task))  # RoBERTa's heads read <s> without a pooler
+        assert init_fresh_head(model, missing, keep_pretrained_pooler=True) == head, task
+    model, missing = load_pretrained(bert_nsp, get_task("squad_v1"))  # BERT's QA model is built without a pooler
+    assert init_fresh_head(model, missing) == ["qa_outputs"] and model.bert.pooler is None
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_keep_pretrained_pooler_reaches_the_trial(bert_nsp, shared_data, tmp_path, keep):
+    """Through finetune_trial: the model that starts training has the checkpoint's pooler only with the switch on,
+    and the switch is part of the trial's record and identity."""
+    from pytorch_lightning.callbacks import Callback
+
+    from harness.finetune import finetune_trial
+
+    class Probe(Callback):
+        def on_train_start(self, trainer, module) -> None:
+            self.pooler = module.model.bert.pooler.dense.weight.detach().clone()
+
+    probe = Probe()
+    settings = load_finetune_config([*FAST, "max_steps=1", "train_subsample=32", f"keep_pretrained_pooler={keep}"])
+    result = finetune_trial(bert_nsp, "wnli", shared_data, settings, tmp_path, 1e-3, 0, [probe])
+    assert torch.equal(probe.pooler, saved_pooler(bert_nsp)) == keep
+    assert result["fresh_modules"] == (["classifier"] if keep else ["bert.pooler", "classifier"])
+    trial = next(tmp_path.glob("finetune/finetune/*/lr0.001__seed0"))
+    assert json.loads((trial / "config.json").read_text())["settings"]["keep_pretrained_pooler"] is keep
+    other = load_finetune_config([*FAST, "max_steps=1", "train_subsample=32", f"keep_pretrained_pooler={not keep}"])
+    assert study_name(bert_nsp, get_task("wnli"), settings, "f") != study_name(bert_nsp, get_task("wnli"), other, "f")
 
 
 def test_ner_labels_sit_on_the_first_subtoken_only(roberta):
@@ -203,6 +265,11 @@ def test_best_lr_is_chosen_by_median_over_seeds_not_mean():
 
 
 # ---- end to end -----------------------------------------------------------------------------------------------
+def dev_predictions(trial_dir: Path) -> list[dict[str, str]]:
+    with (trial_dir / "dev_predictions.csv").open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
 def metrics_rows(trial_dir: Path) -> list[dict[str, str]]:
     with next(trial_dir.glob("logs/version_*/metrics.csv")).open() as handle:
         return list(csv.DictReader(handle))
@@ -226,6 +293,11 @@ def test_sst2_finetuning_beats_the_majority_class(roberta, shared_data, tmp_path
     rows = metrics_rows(trial)
     assert any(r["train_loss"] for r in rows) and sum(1 for r in rows if r["dev_accuracy"]) == 2
     assert json.loads((study / "summary.json").read_text())["best"] == summary["best"]
+    rows = dev_predictions(trial)  # the last dev pass, example by example, re-scored by hand
+    assert [int(r["id"]) for r in rows] == list(range(len(dev_labels)))
+    assert [int(r["label"]) for r in rows] == dev_labels
+    hits = sum(int(r["prediction"]) == int(r["label"]) for r in rows)
+    assert 100 * hits / len(rows) == pytest.approx(final["dev"]["accuracy"], abs=1e-4)
 
     before = (trial / "final_metrics.json").stat().st_mtime_ns
     again = finetune(roberta, "sst2", shared_data, settings, tmp_path)  # done trials are skipped
@@ -322,6 +394,14 @@ def test_qa_smoke(task, roberta, tmp_path):
     assert final["global_step"] == 3 and 0.0 <= final["dev"]["f1"] <= 100.0
     assert summary["selection_metric"] == "f1" and summary["best"]["median"] == final["dev"]["f1"]
     assert ("no_answer_f1" in final["dev"]) == (task == "squad_v2")
+    rows = dev_predictions(next(Path(summary["study_dir"]).glob("lr*")))
+    assert len(rows) == (16 if task == "squad_v2" else 8)  # one row per question, keyed by its id
+    from harness.downstream.metrics import squad_scores
+    from harness.downstream.squad import QAExample
+
+    questions = [QAExample(r["id"], "", "", tuple(json.loads(r["label"])), ()) for r in rows]
+    rescored = squad_scores({r["id"]: r["prediction"] for r in rows}, questions, version_2=task == "squad_v2")
+    assert rescored["f1"] == pytest.approx(final["dev"]["f1"])
     config = json.loads(next(Path(summary["study_dir"]).glob("*/config.json")).read_text())
     assert config["resolved"]["train_features"] > config["resolved"]["train_examples"]  # windows
 
@@ -332,6 +412,13 @@ def test_ner_smoke_on_conll2003(roberta, shared_data, tmp_path):
     final = json.loads(next(Path(summary["study_dir"]).glob("*/final_metrics.json")).read_text())
     assert set(final["dev"]) == {"f1", "precision", "recall", "score"} and final["global_step"] == 4
     assert final["train_examples"] == 64
+    from seqeval.metrics import f1_score
+
+    rows = dev_predictions(next(Path(summary["study_dir"]).glob("lr*")))
+    gold = [s.tags for s in load_examples(get_task("conll2003"), "dev", shared_data)]
+    assert len(rows) == len(gold) and [r["label"].split() for r in rows] == [list(t) for t in gold]
+    predicted = [r["prediction"].split() for r in rows]
+    assert 100 * f1_score([r["label"].split() for r in rows], predicted) == pytest.approx(final["dev"]["f1"])
 
 
 def test_regression_and_segment_ids_smoke(bert, shared_data, tmp_path):
@@ -340,3 +427,12 @@ def test_regression_and_segment_ids_smoke(bert, shared_data, tmp_path):
     final = json.loads(next(Path(summary["study_dir"]).glob("*/final_metrics.json")).read_text())
     assert set(final["dev"]) == {"pearson", "spearman", "score"}
     assert final["dev"]["score"] == pytest.approx((final["dev"]["pearson"] + final["dev"]["spearman"]) / 2)
+    from scipy.stats import pearsonr, spearmanr
+
+    rows = dev_predictions(next(Path(summary["study_dir"]).glob("lr*")))
+    gold = [ex.label for ex in load_examples(get_task("stsb"), "dev", shared_data)]
+    assert len(rows) == len(gold) == 1500 and [float(r["label"]) for r in rows] == pytest.approx(gold, rel=1e-5)
+    predicted = [float(r["prediction"]) for r in rows]  # 6 significant digits, as the labels
+    assert len(set(predicted)) > 1 and 100 * pearsonr(predicted, gold)[0] == pytest.approx(final["dev"]["pearson"],
+                                                                                          abs=0.01)
+    assert 100 * spearmanr(predicted, gold)[0] == pytest.approx(final["dev"]["spearman"], abs=0.01)

@@ -27,7 +27,8 @@ def one_line(err: pytest.ExceptionInfo) -> str:
 
 
 def test_registry_declares_every_task_once_with_official_metrics():
-    assert set(GLUE) | {"squad_v1", "squad_v2", "conll2003"} == set(TASKS)
+    assert set(GLUE) | {"squad_v1", "squad_v2", "conll2003", "blimp"} == set(TASKS)
+    assert get_task("blimp").kind == "zero_shot"
     expected = {"cola": ("mcc",), "mrpc": ("f1", "accuracy"), "qqp": ("f1", "accuracy"),
                 "stsb": ("pearson", "spearman"), "squad_v2": ("exact_match", "f1")}
     for name, metrics in expected.items():

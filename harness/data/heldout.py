@@ -121,12 +121,16 @@ def label_chars(labels: np.ndarray, char_table: np.ndarray) -> np.ndarray:
 
 class CharCountingCollator:
     """Wraps the validation collator of the common set: adds `label_chars` (B x L), the characters of each masked
-    token's text, which the model sums into bits per character."""
+    token's text, which the model sums into bits per character, and `document` (B), the held-out document each row
+    comes from (doc_sentences never crosses a document), so the loss can be kept per document."""
 
-    def __init__(self, collate: Any, char_table: np.ndarray) -> None:
-        self.collate, self.char_table = collate, char_table
+    def __init__(self, collate: Any, char_table: np.ndarray, first_document: np.ndarray | None = None) -> None:
+        self.collate, self.char_table, self.first_document = collate, char_table, first_document
 
     def __call__(self, items: list[Any]) -> dict[str, torch.Tensor]:
         batch = self.collate(items)
         batch["label_chars"] = torch.from_numpy(label_chars(batch["labels"].numpy(), self.char_table))
+        if self.first_document is not None:
+            rows = [item[2] for item in items]  # (mask epoch, mask index, row)
+            batch["document"] = torch.from_numpy(np.asarray(self.first_document[rows], dtype=np.int64))
         return batch

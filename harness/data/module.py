@@ -76,7 +76,7 @@ class TrainBudget:
         if self.max_steps is not None and self.sequences_per_update is not None:
             return self.max_steps, float(self.max_steps * self.sequences_per_update)
         per_update = self.tokens_per_update(lengths, seed)
-        updates = self.max_steps or max(1, math.ceil(self.max_tokens / per_update))
+        updates = self.max_steps if self.max_steps is not None else max(1, math.ceil(self.max_tokens / per_update))
         if self.sequences_per_update is not None:
             return updates, float(updates * self.sequences_per_update)
         return updates, updates * per_update / max(float(np.mean(lengths)), 1.0)
@@ -321,7 +321,8 @@ class PretrainDataModule(pl.LightningDataModule):
     def _common_collator(self) -> CharCountingCollator:
         collate = MaskingCollator(self.common_val_examples.packed, self.specials, seed=0, masks=None,
                                   word_starts=None, token_types=False, nsp=False)
-        return CharCountingCollator(collate, self.common_validation.char_table)
+        return CharCountingCollator(collate, self.common_validation.char_table,
+                                    self.common_val_examples.packed.first_document)
 
     def _validation_loader(self, examples: ValidationExamples, collate: Any) -> DataLoader:
         rank, world = self._rank()

@@ -104,7 +104,8 @@ def quiet_transformers() -> Iterator[None]:
 
 def encode_texts(tokenizer: Any, examples: Sequence[TextExample], max_length: int,
                  token_types: bool) -> list[dict[str, Any]]:
-    """Single sentences or pairs -> features with `labels`; pairs are truncated longest-first."""
+    """Single sentences or pairs -> features with `labels` (a class index, or a float score: pad_batch keeps it
+    float) and `example_index`; pairs are truncated longest-first."""
     features: list[dict[str, Any]] = []
     for start in range(0, len(examples), 2000):
         chunk = examples[start:start + 2000]
@@ -114,6 +115,7 @@ def encode_texts(tokenizer: Any, examples: Sequence[TextExample], max_length: in
         for i, example in enumerate(chunk):
             feature = {key: enc[key][i] for key in ("input_ids", "attention_mask", "token_type_ids") if key in enc}
             feature["labels"] = example.label
+            feature["example_index"] = start + i  # for the evaluator's per-example predictions, not a model input
             features.append(feature)
     return features
 

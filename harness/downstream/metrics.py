@@ -1,30 +1,49 @@
 """Official metrics for each task kind, reported x100 as in the paper's tables.
 
 GLUE: torchmetrics (MCC for CoLA, F1 of the positive class + accuracy for MRPC/QQP, Pearson + Spearman
-for STS-B, accuracy otherwise). SQuAD: torchmetrics' SQuAD metric, which is the official v1.1 script;
-for v2.0 a question without an answer is scored as the official v2.0 script does - its gold answer list
-becomes [""], so an empty prediction is an exact match (EM 1, F1 1) and any other prediction scores 0.
+for STS-B, accuracy otherwise), with MCC as GLUE computes it (scikit-learn: 0 when the predictions or the
+targets are constant; torchmetrics returns a value that depends on the class counts there, e.g. 57.7 for
+"always 1" on the labels 0, 1, 1, 1) and a correlation of a constant (NaN in torchmetrics) reported as 0.
+SQuAD: torchmetrics' SQuAD metric, which is the official v1.1 script; for v2.0 a question without an answer
+is scored as the official v2.0 script does - its gold answer list becomes [""], so an empty prediction is an
+exact match (EM 1, F1 1) and any other prediction scores 0.
 NER: entity-level precision/recall/F1 with seqeval's default (conlleval-compatible) chunking on IOB2 tags.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
-from torchmetrics import (
-    Accuracy,
-    F1Score,
-    MatthewsCorrCoef,
-    Metric,
-    MetricCollection,
-    PearsonCorrCoef,
-    SpearmanCorrCoef,
-)
+from torchmetrics import Accuracy, F1Score, Metric, MetricCollection, PearsonCorrCoef, SpearmanCorrCoef
+from torchmetrics.classification import BinaryMatthewsCorrCoef, MulticlassMatthewsCorrCoef
 from torchmetrics.text import SQuAD
 
 from harness.downstream.squad import QAExample
 from harness.tasks import TaskSpec
+
+
+def glue_mcc(confmat: torch.Tensor) -> torch.Tensor:
+    """Matthews correlation from a confusion matrix (rows: targets), scikit-learn's formula: 0 when undefined."""
+    confmat = confmat.double()
+    targets, predictions = confmat.sum(1), confmat.sum(0)
+    total, correct = confmat.sum(), torch.trace(confmat)
+    cov_pred = total**2 - predictions @ predictions
+    cov_target = total**2 - targets @ targets
+    if cov_pred * cov_target == 0:  # constant predictions or targets: no correlation to measure
+        return torch.tensor(0.0)
+    return ((correct * total - targets @ predictions) / torch.sqrt(cov_pred * cov_target)).float()
+
+
+class BinaryGlueMCC(BinaryMatthewsCorrCoef):
+    def compute(self) -> torch.Tensor:
+        return glue_mcc(self.confmat)
+
+
+class MulticlassGlueMCC(MulticlassMatthewsCorrCoef):
+    def compute(self) -> torch.Tensor:
+        return glue_mcc(self.confmat)
 
 
 def glue_metrics(spec: TaskSpec) -> MetricCollection:
@@ -33,8 +52,7 @@ def glue_metrics(spec: TaskSpec) -> MetricCollection:
     factories: dict[str, Metric] = {}
     for name in spec.metrics:
         if name == "mcc":
-            factories[name] = MatthewsCorrCoef(task="binary") if n == 2 else MatthewsCorrCoef(
-                task="multiclass", num_classes=n)
+            factories[name] = BinaryGlueMCC() if n == 2 else MulticlassGlueMCC(num_classes=n)
         elif name == "f1":  # MRPC / QQP: F1 of the positive class ("paraphrase", "duplicate")
             factories[name] = F1Score(task="binary")
         elif name == "accuracy":
@@ -49,7 +67,10 @@ def glue_metrics(spec: TaskSpec) -> MetricCollection:
 
 
 def compute_percent(collection: MetricCollection) -> dict[str, float]:
-    return {name: 100.0 * float(value) for name, value in collection.compute().items()}
+    """x100; a NaN (torchmetrics' Pearson of constant predictions) becomes 0, no association, for a NaN would
+    poison every median and mean over seeds it enters (and is not valid JSON)."""
+    values = {name: 100.0 * float(value) for name, value in collection.compute().items()}
+    return {name: 0.0 if math.isnan(value) else value for name, value in values.items()}
 
 
 def squad_scores(predictions: Mapping[str, str], examples: Sequence[QAExample],

@@ -41,13 +41,18 @@ def find_task_dir(spec: TaskSpec, data_dir: str | Path | None) -> Path | None:
         return None
     candidates = [root] + [root / parent / spec.folder for parent in spec.parents]
     for candidate in candidates:
-        if any((candidate / file.filename).is_file() for file in spec.files.values()):
+        if any(_holds(candidate / file.filename) for file in spec.files.values()):
             return candidate
     if data_dir is None:
         return None
     names = ", ".join(file.filename for file in spec.files.values())
     tried = ", ".join(str(c) for c in dict.fromkeys(candidates))
     raise HarnessError(f"task {spec.name}: none of {names} found in {tried}")
+
+
+def _holds(path: Path) -> bool:
+    # A split "file" may be a folder: BLiMP's is data/, one file per paradigm. An empty folder is no copy.
+    return path.is_file() or (path.is_dir() and any(path.iterdir()))
 
 
 def read_local_split(spec: TaskSpec, task_dir: Path, split: str) -> list[Any]:

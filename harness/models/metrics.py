@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -32,3 +33,39 @@ class MaskedTokenBits(Metric):
     def compute(self) -> dict[str, Tensor]:
         loss = self.nll / self.tokens.clamp(min=1)
         return {"mlm_loss": loss, "ppl": torch.exp(loss), "bpc": self.nll / math.log(2) / self.chars.clamp(min=1)}
+
+
+class DocumentLosses(Metric):
+    """The same sums as MaskedTokenBits, kept per held-out document, so that a report can resample documents.
+
+    update() takes the flat masked-token losses (row-major, as the model returns them), the masked tokens' characters
+    and the batch's `labels` mask and `document` per row; compute() -> (documents, nll, tokens, chars), one entry per
+    document seen, sorted by document."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("document", "nll", "tokens", "chars"):
+            self.add_state(name, [], dist_reduce_fx="cat")
+
+    def update(self, token_losses: Tensor, token_chars: Tensor, masked: Tensor, document: Tensor) -> None:
+        rows = masked.nonzero()[:, 0]  # the row of each masked token, in the order of token_losses
+        size = masked.shape[0]
+        self.document.append(document.detach().long())
+        self.nll.append(torch.zeros(size, device=rows.device).index_add_(0, rows, token_losses.detach().float()))
+        self.tokens.append(masked.sum(-1).long())
+        self.chars.append(torch.zeros(size, dtype=torch.long, device=rows.device).index_add_(0, rows, token_chars))
+
+    def compute(self) -> dict[str, Tensor]:
+        def flat(state: Any) -> Tensor:
+            return torch.cat(state) if isinstance(state, list) else state
+
+        document, nll, tokens, chars = (flat(s) for s in (self.document, self.nll, self.tokens, self.chars))
+        ids, inverse = torch.unique(document, sorted=True, return_inverse=True)
+
+        def per_document(values: Tensor) -> Tensor:
+            return torch.zeros(len(ids), dtype=values.dtype, device=values.device).index_add_(0, inverse, values)
+
+        return {"document": ids, "nll": per_document(nll), "tokens": per_document(tokens),
+                "chars": per_document(chars)}

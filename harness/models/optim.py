@@ -64,8 +64,9 @@ def _fused_devices() -> list[str]:
 def build_lr_schedule(optimizer: torch.optim.Optimizer, optim: OptimConfig, total_steps: int) -> LambdaLR:
     """Multiplier on the peak rate, stepped once per optimizer update: 0 at update 0, 1 after the warm-up,
     then linear to 0 at `total_steps` (schedule 'linear') or held at 1 (schedule 'constant')."""
-    if total_steps < 1:
-        raise ValueError(f"total_steps = {total_steps}; the learning-rate schedule needs at least one update")
+    if total_steps < 0:
+        raise ValueError(f"total_steps = {total_steps}; allowed: 0 (no pre-training, never stepped) or more")
+    total_steps = max(total_steps, 1)  # a run of 0 updates (the no-pre-training baseline) builds it, never steps it
     warmup = warmup_steps(total_steps, optim.warmup_fraction)
     if optim.schedule == "constant":
         return get_constant_schedule_with_warmup(optimizer, num_warmup_steps=warmup)

@@ -39,7 +39,7 @@ from transformers import (
 
 from harness.config import ModelConfig, OptimConfig
 from harness.data.masking import IGNORE_INDEX
-from harness.models.metrics import MaskedTokenBits
+from harness.models.metrics import DocumentLosses, MaskedTokenBits
 from harness.models.optim import build_lr_schedule, build_optimizer
 
 # Layer-norm epsilon of the released checkpoints: Google's BERT 1e-12, fairseq's RoBERTa 1e-5.
@@ -126,6 +126,8 @@ class PretrainModule(pl.LightningModule):
         self._window: deque[tuple[float, Tensor]] = deque(maxlen=throughput_window + 1)
         self.val_mlm_loss = MeanMetric()  # token-weighted: updated with one loss per masked token
         self.common_val = MaskedTokenBits()  # the common held-out set, scored alike for every arm
+        self.common_val_documents = DocumentLosses()  # the same, per held-out document (resampled by reports)
+        self.heldout_documents: dict[str, list[float]] | None = None  # the last evaluation's per-document sums
         if nsp:
             self.val_nsp_acc = BinaryAccuracy()
             self.val_nsp_loss = MeanMetric()
@@ -243,8 +245,11 @@ class PretrainModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         out = self(batch)
         if "label_chars" in batch:  # the common held-out set (its loader's batches alone carry characters)
-            chars = batch["label_chars"][batch["labels"] != IGNORE_INDEX]  # row-major, as the token losses
+            masked = batch["labels"] != IGNORE_INDEX
+            chars = batch["label_chars"][masked]  # row-major, as the token losses
             self.common_val.update(out["mlm_token_losses"], chars)
+            if "document" in batch:
+                self.common_val_documents.update(out["mlm_token_losses"], chars, masked, batch["document"])
             return
         self.val_mlm_loss.update(out["mlm_token_losses"])
         if self.nsp:
@@ -269,6 +274,10 @@ class PretrainModule(pl.LightningModule):
             for name, value in self.common_val.compute().items():
                 self.log(f"common_val/{name}", value, add_dataloader_idx=False, sync_dist=True)
             self.common_val.reset()
+        if self.common_val_documents.update_count:
+            sums = self.common_val_documents.compute()
+            self.heldout_documents = {name: value.cpu().tolist() for name, value in sums.items()}
+            self.common_val_documents.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(self.model, self.optim)

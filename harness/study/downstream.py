@@ -25,6 +25,7 @@ GRID_OWNED = {"learning_rates": "nuisance.finetune.learning_rate (or tasks.<task
 def task_plans(spec: GridFile, path: Path, experiment: str, only: list[str] | None) -> dict[str, TaskPlan]:
     """Settings per task: FinetuneConfig defaults < `finetune:` < the grid's lr nuisance and seeds < the task's
     own settings. `only` (--tasks) replaces the file's list; a task the file names keeps its settings."""
+    from harness.evaluate import zero_shot_settings
     from harness.finetune import FinetuneConfig
     from harness.study.grid import FINETUNE_LR, TaskPlan, grid_error
 
@@ -43,12 +44,15 @@ def task_plans(spec: GridFile, path: Path, experiment: str, only: list[str] | No
             raise grid_error(path, f"{key}.{WHEN_PRESENT}", f"{optional!r}; allowed: true, false")
         if "experiment" in own:
             raise grid_error(path, f"{key}.experiment", f"set by {GRID_OWNED['experiment']}, not here")
-        layers = {**spec.finetune, "seeds": spec.seeds.finetune, **grid_lrs, **own, "experiment": experiment}
+        zero_shot = TASKS[name].kind == "zero_shot"
+        # A zero-shot task (BLiMP) is scored once per pre-training run: no fine-tuning settings, lrs or seeds.
+        layers = {**own, "experiment": experiment} if zero_shot else \
+            {**spec.finetune, "seeds": spec.seeds.finetune, **grid_lrs, **own, "experiment": experiment}
         data: dict[str, Any] = {}
         try:
             for field, value in layers.items():
                 set_dotted(data, field, value)
-            settings = FinetuneConfig.model_validate(data)
+            settings = zero_shot_settings(name, data) if zero_shot else FinetuneConfig.model_validate(data)
         except ValidationError as err:
             raise grid_error(path, key, format_validation_error(err)) from None
         except ConfigError as err:

@@ -21,6 +21,10 @@
     tasks:                           # downstream tasks, each with its own settings (may list learning_rates, seeds)
       sst2: {train_subsample: 2000}
       mrpc: {}
+      blimp: {pairs_per_paradigm: 100}  # a zero-shot task: one evaluation per pre-training run, no lr, no seeds
+    baselines:                       # rows every arm is measured against (not compared with the paper)
+      no_pretraining: true           # the first point's architecture and tokenizer, random weights (0 updates),
+                                     # fine-tuned and scored like every arm; or a point's label to copy instead
     scales:                          # named overlays chosen with --scale, deep-merged over the file (null deletes)
       quick: {base: {set: {budget.max_steps: 50}}, seeds: {finetune: [0]}}
 
@@ -72,6 +76,11 @@ class SeedsSpec(GridSection):
     finetune: list[int] = Field([0], min_length=1, description="fine-tuning seeds of every task")
 
 
+class BaselinesSpec(GridSection):
+    no_pretraining: bool | str = Field(False, description="a row with the architecture and tokenizer of the first "
+                                       "point (or of the point named here) and random weights: 0 updates")
+
+
 class GridFile(GridSection):
     name: str | None = Field(None, min_length=1, description="study name; default: the file's stem")
     description: str = Field("", description="one line printed with the plan")
@@ -82,16 +91,24 @@ class GridFile(GridSection):
     seeds: SeedsSpec = SeedsSpec()
     finetune: dict[str, Any] = Field(default_factory=dict, description="fine-tuning settings of every task")
     tasks: dict[str, dict[str, Any] | None] = Field(default_factory=dict, description="task -> its own settings")
+    baselines: BaselinesSpec = BaselinesSpec()
     scales: dict[str, dict[str, Any]] = Field(default_factory=dict, description="name -> overlay of this file")
+
+
+NO_PRETRAINING = "no_pretraining"  # the baseline point's label
+# What turns a point into the no-pre-training baseline: the run builds, evaluates and exports its initialised model.
+NO_PRETRAINING_FIELDS = {"budget.max_steps": 0, "budget.max_tokens": None}
 
 
 @dataclass(frozen=True)
 class Point:
-    """One scientific point: what is compared. `values` are the axis values for tables (arms: {'arm': name})."""
+    """One scientific point: what is compared. `values` are the axis values for tables (arms: {'arm': name}).
+    A baseline point (no pre-training) is run and reported like the others but never compared with the paper."""
 
     label: str
     values: dict[str, Any]
     overrides: dict[str, Any]
+    baseline: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,8 +130,15 @@ class TaskPlan:
     """A downstream task: its settings (harness.finetune.FinetuneConfig, grid lists included) and its grid."""
 
     name: str
-    settings: Any  # FinetuneConfig; its learning_rates and seeds are the task's nuisance grid and seeds
+    settings: Any  # FinetuneConfig (its learning_rates and seeds are the task's nuisance grid and seeds), or the
+    # settings of a zero-shot task (harness.evaluate), scored once per pre-training run
     optional: bool = False  # tasks.<task>.when_present: left out where its data is missing
+
+    @property
+    def zero_shot(self) -> bool:
+        from harness.tasks import get_task
+
+        return get_task(self.name).kind == "zero_shot"
 
 
 @dataclass(frozen=True)
@@ -151,8 +175,10 @@ def load_grid(path: str | Path, scale: str | None = None, overrides: list[str] |
     name = spec.name or path.stem.removesuffix(".grid")
     experiment = f"{name}-{scale}" if scale else name
     points = _points(spec, path)
+    nuisances = _product(_pretrain_nuisance(spec))
+    # A pre-training nuisance (e.g. the peak lr) does nothing to a run of 0 updates: the baseline takes the first.
     runs = [_run(spec, path, experiment, point, nuisance, seed, list(overrides or []))
-            for point in points for nuisance in _product(_pretrain_nuisance(spec))
+            for point in points for nuisance in (nuisances[:1] if point.baseline else nuisances)
             for seed in spec.seeds.pretrain]
     from harness.study.downstream import check_corpora_and_tasks, task_plans
 
@@ -287,7 +313,25 @@ def _points(spec: GridFile, path: Path) -> list[Point]:
     for label in labels:
         if labels.count(label) > 1:
             raise grid_error(path, "scientific", f"two points are both labelled '{label}'; allowed: distinct values")
-    return points
+    return points + _baseline_points(spec, path, points)
+
+
+def _baseline_points(spec: GridFile, path: Path, points: list[Point]) -> list[Point]:
+    """The no-pre-training row: a copy of one point (the first, or the one named) with 0 updates."""
+    like = spec.baselines.no_pretraining
+    if like is False:
+        return []
+    if like is True:
+        source = points[0]
+    else:
+        source = next((p for p in points if p.label == like), None)
+        if source is None:
+            raise grid_error(path, "baselines.no_pretraining", f"no point labelled '{like}'; allowed: true, false or "
+                             f"one of {', '.join(p.label for p in points)}")
+    if NO_PRETRAINING in {p.label for p in points}:
+        raise grid_error(path, "baselines.no_pretraining", f"a point is already labelled '{NO_PRETRAINING}'")
+    return [Point(label=NO_PRETRAINING, values={"arm": NO_PRETRAINING}, baseline=True,
+                  overrides={**source.overrides, **NO_PRETRAINING_FIELDS})]
 
 
 def _zip_rows(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:

@@ -3,7 +3,8 @@
 - a pre-training job per (scientific point, pre-training nuisance value, pre-training seed): one run directory;
 - a fine-tuning job per (pre-training run, task, learning rate, fine-tuning seed): one trial directory. Every
   fine-tuning job of a run shares that run; its directory is known once the run's model exists (the trial's study
-  id hashes the model's content), so until then it counts as 'new'.
+  id hashes the model's content), so until then it counts as 'new';
+- an evaluation job per (pre-training run, zero-shot task such as BLiMP): one record directory, known the same way.
 Two jobs that would write the same directory, or compute the same run under two names, stop the expansion.
 """
 
@@ -48,7 +49,24 @@ class FinetuneJob:
         return self.pretrain
 
 
-Job = PretrainJob | FinetuneJob
+@dataclass(frozen=True)
+class EvaluateJob:
+    """A zero-shot task scored on a pre-training run's model (harness.evaluate): no lr, no fine-tuning seed."""
+
+    name: str
+    pretrain: PretrainJob
+    task: TaskPlan
+    settings: Any  # the zero-shot task's settings (e.g. harness.evaluate.BlimpConfig)
+
+    kind = "evaluate"
+
+    @property
+    def depends_on(self) -> PretrainJob:
+        return self.pretrain
+
+
+Job = PretrainJob | FinetuneJob | EvaluateJob
+DownstreamJob = FinetuneJob | EvaluateJob
 
 
 @dataclass
@@ -57,29 +75,39 @@ class Plan:
     results_root: Path
     pretrain: list[PretrainJob]
     finetune: list[FinetuneJob]
+    evaluate: list[EvaluateJob] = field(default_factory=list)
     _fingerprints: dict[Path, str] = field(default_factory=dict)
 
     @property
     def jobs(self) -> list[Job]:
-        """Pre-training first: every fine-tuning job needs its run's model."""
-        return [*self.pretrain, *self.finetune]
+        """Pre-training first: every fine-tuning and evaluation job needs its run's model."""
+        return [*self.pretrain, *self.evaluate, *self.finetune]
 
-    def checkpoint(self, job: FinetuneJob) -> Path:
+    @property
+    def downstream(self) -> list[DownstreamJob]:
+        return [*self.evaluate, *self.finetune]
+
+    def checkpoint(self, job: DownstreamJob) -> Path:
         return job.pretrain.path / read_final_metrics(job.pretrain.path).get("model_dir", "model")
 
     def path(self, job: Job) -> Path | None:
-        """The job's record directory; None for a fine-tuning job whose pre-training run is not done."""
+        """The job's record directory; None for a downstream job whose pre-training run is not done."""
         if isinstance(job, PretrainJob):
             return job.path
         if record_status(job.pretrain.path) != "done":
             return None
-        from harness.finetune import trial_path
-
         checkpoint = self.checkpoint(job)
         if checkpoint not in self._fingerprints:  # one hash of the weights per run, shared by its trials
             from harness.downstream.encode import checkpoint_fingerprint
 
             self._fingerprints[checkpoint] = checkpoint_fingerprint(checkpoint)
+        if isinstance(job, EvaluateJob):
+            from harness.evaluate import zero_shot_record_path
+
+            return zero_shot_record_path(self.results_root, checkpoint, job.task.name, job.settings,
+                                         self._fingerprints[checkpoint])
+        from harness.finetune import trial_path
+
         return trial_path(self.results_root, checkpoint, job.task.name, job.settings, job.lr, job.seed,
                           self._fingerprints[checkpoint])
 
@@ -92,7 +120,7 @@ class Plan:
         if pattern is None:
             return self.jobs
         chosen = {job.name for job in self.jobs if fnmatch.fnmatchcase(job.name, pattern)}
-        chosen |= {job.pretrain.name for job in self.finetune if job.name in chosen}
+        chosen |= {job.pretrain.name for job in self.downstream if job.name in chosen}
         return [job for job in self.jobs if job.name in chosen]
 
 
@@ -111,8 +139,13 @@ def expand(study: Study, results_root: str | Path) -> Plan:
         by_dir[job.path] = by_id[run.config.run_id()] = job
         pretrain.append(job)
     finetune: list[FinetuneJob] = []
+    evaluate: list[EvaluateJob] = []
     for job in pretrain:
         for task in study.tasks.values():
+            if task.zero_shot:
+                evaluate.append(EvaluateJob(name=f"evaluate/{job.run.label}/{task.name}", pretrain=job, task=task,
+                                            settings=task.settings))
+                continue
             settings = _with_wandb(task.settings, job.run)
             if len({f"{lr:g}" for lr in settings.learning_rates}) != len(settings.learning_rates):
                 raise grid_error(study.path, f"tasks.{task.name}", f"learning rates {list(settings.learning_rates)} "
@@ -120,7 +153,7 @@ def expand(study: Study, results_root: str | Path) -> Plan:
             finetune += [FinetuneJob(name=f"finetune/{job.run.label}/{task.name}/lr{lr:g}-seed{seed}", pretrain=job,
                                      task=task, settings=settings, lr=lr, seed=seed)
                          for lr in settings.learning_rates for seed in settings.seeds]
-    return Plan(study=study, results_root=results_root, pretrain=pretrain, finetune=finetune)
+    return Plan(study=study, results_root=results_root, pretrain=pretrain, finetune=finetune, evaluate=evaluate)
 
 
 def _with_wandb(settings: Any, run: PretrainRun) -> Any:
@@ -141,6 +174,10 @@ def payload(plan: Plan, job: Job, threads: int) -> dict[str, Any]:
               "wandb": {"group": study.experiment, "job_type": job.kind, "axes": axes}}
     if isinstance(job, PretrainJob):
         return {**common, "path": str(job.path), "config": to_dict(job.run.config)}
+    if isinstance(job, EvaluateJob):
+        axes.update(task=job.task.name)
+        return {**common, "path": str(plan.path(job)), "checkpoint": str(plan.checkpoint(job)), "task": job.task.name,
+                "settings": job.settings.model_dump(mode="json")}
     axes.update(task=job.task.name, learning_rate=job.lr, finetune_seed=job.seed)
     return {**common, "path": str(plan.path(job)), "checkpoint": str(plan.checkpoint(job)), "task": job.task.name,
             "settings": job.settings.model_dump(mode="json"), "lr": job.lr, "seed": job.seed}
@@ -157,13 +194,15 @@ class Estimate:
     pretrain_seconds: float | None  # None: no finished run measured a throughput yet
     finetune_left: int
     finetune_seconds: float | None
+    evaluate_left: int = 0
 
     def describe(self) -> str:
         def clock(seconds: float | None) -> str:
             return "time unknown until one finishes" if seconds is None else f"~{format_duration(seconds)}"
 
+        zero_shot = f", {self.evaluate_left} zero-shot evaluations" if self.evaluate_left else ""
         return (f"compute left: {count_label(self.tokens_left)} pre-training tokens ({clock(self.pretrain_seconds)}), "
-                f"{self.finetune_left} fine-tuning trials ({clock(self.finetune_seconds)})")
+                f"{self.finetune_left} fine-tuning trials ({clock(self.finetune_seconds)}){zero_shot}")
 
 
 def count_label(count: float) -> str:
@@ -190,7 +229,8 @@ def estimate(plan: Plan, statuses: dict[str, RecordStatus]) -> Estimate:
     finetune_left = sum(statuses[job.name] != "done" for job in plan.finetune)
     per_trial = sum(trial_seconds) / len(trial_seconds) if trial_seconds else None
     return Estimate(tokens_left=tokens_left, pretrain_seconds=_seconds(tokens_left, seconds_per_token),
-                    finetune_left=finetune_left, finetune_seconds=_seconds(finetune_left, per_trial))
+                    finetune_left=finetune_left, finetune_seconds=_seconds(finetune_left, per_trial),
+                    evaluate_left=sum(statuses[job.name] != "done" for job in plan.evaluate))
 
 
 def _measured(final: dict[str, Any]) -> tuple[float, float]:

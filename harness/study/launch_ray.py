@@ -149,7 +149,7 @@ def gpus_asked(payload: dict[str, Any]) -> int:
     if payload["kind"] == "pretrain":
         impl = payload["config"].get("impl", {})
         return int(impl.get("devices", 1)) if impl.get("accelerator") == "gpu" else 0
-    return 1 if payload["settings"].get("impl", {}).get("accelerator") == "gpu" else 0
+    return 1 if (payload["settings"].get("impl") or {}).get("accelerator") == "gpu" else 0
 
 
 def _largest_node_cpus() -> int:

@@ -62,12 +62,18 @@ def scores_figure(report: Any) -> Any:
             if not cell["n"]:
                 continue
             err = [[cell["median"] - cell["min"]], [cell["max"] - cell["median"]]]
-            ax.bar(i, cell["median"], yerr=err, color=colour[label], capsize=3, label=label)
+            ax.bar(i, cell["median"], yerr=err, color=colour[label], capsize=3, label=label,
+                   hatch="//" if label == report.baseline else None)
+        trivial = report.trivial.get(column)
+        if trivial is not None and np.isfinite(trivial["score"]):  # what a constant answer scores
+            ax.axhline(trivial["score"], color="black", linestyle="--", linewidth=1, label="trivial predictor")
         metric = _task_metric(report, column)
         ax.set_title(column)
         ax.set_ylabel(UNITS.get(column, f"{metric} (dev, %)"))
         ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
-    figure.suptitle(f"{report.study.name}: median over seeds, bars = seeds' min-max")
+    baseline = "; hatched: no pre-training" if report.baseline else ""
+    trivial = "; dashed: trivial predictor" if report.trivial else ""
+    figure.suptitle(f"{report.study.name}: median over seeds, bars = seeds' min-max{baseline}{trivial}")
     return figure
 
 

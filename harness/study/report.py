@@ -38,6 +38,8 @@ PRETRAIN_METRICS = ("steps", "tokens_seen", "common_val_ppl", "common_val_bpc", 
 # The common held-out set is scored the same way for every tokenizer and input format: the columns every table has.
 HELDOUT = {"ppl": "common_val_ppl", "bpc": "common_val_bpc"}
 LOWER_IS_BETTER = {"ppl", "bpc"}
+# Task kinds with a trivial predictor to print beside the column (harness.downstream.baselines).
+TRIVIAL_KINDS = ("classification", "regression", "qa", "ner")
 # Arms that pack differently see slightly different real tokens at the same budget; beyond 5% the flag is raised.
 COMPUTE_TOLERANCE = 0.05
 
@@ -58,6 +60,19 @@ class StudyReport:
     paper: dict[str, Any] | None
     problems: list[str] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)
+    trivial: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> the trivial predictor's dev score
+    signal: Any = None  # one row per column: does any arm beat the no-pre-training row beyond the seeds' noise?
+    anchors: dict[str, dict[str, float]] = field(default_factory=dict)  # column -> published model -> score
+
+    @property
+    def baseline(self) -> str | None:
+        """The no-pre-training point's label, when the grid has one."""
+        return next((p.label for p in self.study.points if p.baseline), None)
+
+    @property
+    def arms(self) -> list[str]:
+        """The points that are compared (every point but the baseline)."""
+        return [p.label for p in self.study.points if not p.baseline]
 
     @property
     def columns(self) -> list[str]:
@@ -125,7 +140,74 @@ def build_report(folder: str | Path) -> StudyReport:
     cells = pd.DataFrame(_cells(plan, tidy, study))
     report = StudyReport(study, plan, folder, tidy, cells, None, reference, paper, problems, source)
     report.comparisons = pd.DataFrame(_comparisons(report))
+    report.trivial = trivial_scores(study, data_dir, problems)
+    report.anchors = published_anchors(study, data_dir, problems)
+    report.signal = pd.DataFrame(_signal(report))
     return report
+
+
+def trivial_scores(study: Study, data_dir: str | Path | None, problems: list[str]) -> dict[str, dict[str, Any]]:
+    """Each fine-tuned task's trivial predictor (majority class, or the best constant), fitted on the training
+    examples the trials train on and scored on dev. A task whose data is not here is one line in `problems`."""
+    from harness.downstream.baselines import trivial_scores as score_task
+    from harness.tasks import get_task
+
+    scores = {}
+    for name, plan in study.tasks.items():
+        spec = get_task(name)
+        if spec.kind not in TRIVIAL_KINDS:
+            continue
+        try:
+            scores[name] = score_task(spec, data_dir, train_subsample=plan.settings.train_subsample,
+                                      subsample_seed=plan.settings.subsample_seed)
+        except HarnessError as err:
+            problems.append(f"task {name}: no trivial predictor ({str(err).splitlines()[0]})")
+    return scores
+
+
+def published_anchors(study: Study, data_dir: str | Path | None, problems: list[str]) -> dict[str, dict[str, float]]:
+    """Published scores to print beside a column: BLiMP's overall accuracy of the authors' models and humans."""
+    if "blimp" not in study.tasks:
+        return {}
+    from harness.downstream.blimp import published_overall
+
+    try:
+        return {"blimp": published_overall(data_dir)}
+    except HarnessError as err:
+        problems.append(f"task blimp: no published accuracies ({str(err).splitlines()[0]})")
+        return {}
+
+
+def _signal(report: StudyReport) -> list[dict[str, Any]]:
+    """Per column: the trivial score, the no-pre-training median, the best arm's median, and whether any arm beats
+    the no-pre-training row beyond the seeds' noise (the 95% interval of the paired difference excludes zero on
+    the better side). A column where none does carries no pre-training signal at this scale."""
+    if report.baseline is None or not len(report.cells):
+        return []
+    cells = report.cells.set_index(["point", "column"])
+    rows = []
+    for column in report.columns:
+        base = cells.loc[(report.baseline, column)]
+        sign = -1.0 if column in LOWER_IS_BETTER else 1.0
+        beats, best, tested = [], None, 0
+        for point in report.arms:
+            ours = cells.loc[(point, column)]
+            if not ours["n"] or not base["n"]:
+                continue
+            best = ours["median"] if best is None or sign * (ours["median"] - best) > 0 else best
+            a, b, paired = _aligned(ours, base)
+            if min(len(a), len(b)) < 2:
+                continue
+            tested += 1
+            low, _ = sorted(sign * x for x in bootstrap_ci(a, b, paired))
+            if low > 0:
+                beats.append(point)
+        verdict_text = ("signal" if beats else "no signal" if tested else
+                        "cannot tell" if base["n"] else "missing")
+        rows.append({"column": column, "trivial": report.trivial.get(column, {}).get("score"),
+                     "no_pretraining": base["median"] if base["n"] else None, "best_arm": best,
+                     "arms_beating_baseline": ",".join(beats), "arms_tested": tested, "signal": verdict_text})
+    return rows
 
 
 def paper_orderings(report: StudyReport) -> list[dict[str, Any]]:
@@ -140,7 +222,7 @@ def paper_orderings(report: StudyReport) -> list[dict[str, Any]]:
     if not len(report.cells) or not report.paper:
         return []
     cells = report.cells.set_index(["point", "column"])
-    points = [p.label for p in report.study.points if paper_row(report, p.label)]
+    points = [label for label in report.arms if paper_row(report, label)]
     rows = []
     for i, first in enumerate(points):
         for second in points[i + 1:]:
@@ -199,8 +281,15 @@ def _tidy_rows(plan: Plan, problems: list[str]) -> list[dict[str, Any]]:
         base = _pretrain_row(plan, job, problems)
         if base is None:
             continue
-        trials = [t for t in plan.finetune if t.pretrain is job]
         added = 0
+        for evaluation in (e for e in plan.evaluate if e.pretrain is job):
+            final = _read(plan.path(evaluation), problems, required=("score",))
+            if final is not None:
+                rows.append({**base, "task": evaluation.task.name, "metric": _metric(evaluation.task.name),
+                             "finetune_lr": None, "finetune_seed": None, "score": final["score"], "lr_grid": None,
+                             **{f"dev.{k}": v for k, v in _zero_shot_figures(final).items()}})
+                added += 1
+        trials = [t for t in plan.finetune if t.pretrain is job]
         for trial in trials:
             final = _read(plan.path(trial), problems, required=("score",))
             if final is not None:
@@ -225,6 +314,12 @@ def _pretrain_row(plan: Plan, job: Any, problems: list[str]) -> dict[str, Any] |
             "pretrain_nuisance": ",".join(value_label(k, v) for k, v in run.nuisance.items()) or "-",
             "pretrain_seed": run.seed, "run_id": final.get("run_id"), "run_dir": str(job.path),
             **{k: final.get(k) for k in PRETRAIN_METRICS}, **_flat(to_dict(run.config))}
+
+
+def _zero_shot_figures(final: dict[str, Any]) -> dict[str, Any]:
+    """A zero-shot record's breakdown for the tidy table: BLiMP's accuracy per field and its ties."""
+    figures = {f"field.{name}": value for name, value in (final.get("by_field") or {}).items()}
+    return {**figures, **{key: final[key] for key in ("ties", "pairs") if key in final}}
 
 
 def _read(path: Path | None, problems: list[str], required: tuple[str, ...]) -> dict[str, Any] | None:
@@ -302,6 +397,9 @@ def _cells(plan: Plan, tidy: Any, study: Study) -> list[dict[str, Any]]:
         runs = [r for r in study.runs if r.point.label == point.label]
         mine = tidy[tidy["point"] == point.label] if len(tidy) else tidy
         for task, plan_task in study.tasks.items():
+            if plan_task.zero_shot:  # one value per pre-training run
+                rows.append(_zero_shot_cell(point.label, task, mine, len({r.seed for r in runs})))
+                continue
             expected = len({r.seed for r in runs}) * len(plan_task.settings.seeds)
             rows.append(_task_cell(point.label, task, mine, expected, plan_task.settings.learning_rates))
         pretrain = mine.drop_duplicates("run_dir") if len(mine) else mine
@@ -324,6 +422,15 @@ def _task_cell(point: str, task: str, mine: Any, expected: int, grid: tuple[floa
     return _cell(point, task, list(best["score"]), expected, lr, edge, seeds)
 
 
+def _zero_shot_cell(point: str, task: str, mine: Any, expected: int) -> dict[str, Any]:
+    scores = mine[mine["task"] == task] if len(mine) else mine
+    if not len(scores):
+        return _cell(point, task, [], expected, None, False, None)
+    best = scores[scores["pretrain_nuisance"] == best_by_median(scores, "pretrain_nuisance")]
+    return _cell(point, task, list(best["score"]), expected, None, False,
+                 [(seed, None) for seed in best["pretrain_seed"]])
+
+
 def _cell(point: str, column: str, values: list[float], expected: int, lr: float | None, edge: bool,
           seeds: list[tuple[Any, Any]] | None) -> dict[str, Any]:
     summary = spread(values)
@@ -335,7 +442,7 @@ def _cell(point: str, column: str, values: list[float], expected: int, lr: float
 
 
 def _reference(study: Study, paper: dict[str, Any] | None) -> str:
-    labels = [p.label for p in study.points]
+    labels = [p.label for p in study.points if not p.baseline]
     if paper and paper.get("match") == "position":
         return labels[int(paper["reference"])]
     if paper and paper.get("reference") in labels:
@@ -345,11 +452,11 @@ def _reference(study: Study, paper: dict[str, Any] | None) -> str:
 
 def paper_row(report: StudyReport, point: str) -> dict[str, float] | None:
     """The paper's values for one of our points (None where the study or the point has no published row)."""
-    if not report.paper:
+    if not report.paper or point not in report.arms:
         return None
     rows = report.paper["rows"]
     if report.paper.get("match") == "position":
-        index = [p.label for p in report.study.points].index(point)
+        index = report.arms.index(point)
         return list(rows.values())[index] if index < len(rows) else None
     return rows.get(point)
 
@@ -362,7 +469,7 @@ def _comparisons(report: StudyReport) -> list[dict[str, Any]]:
     cells = report.cells.set_index(["point", "column"])
     tokens, vocabularies = _tokens(report.tidy), _vocabularies(report.tidy)
     rows = []
-    for point in (p.label for p in report.study.points if p.label != report.reference):
+    for point in (label for label in report.arms if label != report.reference):
         for column in report.columns:
             ours, ref = cells.loc[(point, column)], cells.loc[(report.reference, column)]
             if not ours["n"] or not ref["n"]:

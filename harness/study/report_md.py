@@ -71,14 +71,65 @@ def cell_text(cell: Any) -> str:
 
 
 def markdown_table(report: StudyReport) -> str:
-    """Rows = scientific points, columns = tasks, ppl, bpc: each the median over seeds [min-max] with n."""
+    """Rows = scientific points (the no-pre-training baseline last), then the trivial predictor; columns = tasks,
+    ppl, bpc: each the median over seeds [min-max] with n. A column without pre-training signal is marked."""
     cells = report.cells.set_index(["point", "column"])
-    head = ["point", *report.columns]
+    quiet = set(no_signal_columns(report))
+    head = ["point", *(f"{c} (no signal)" if c in quiet else c for c in report.columns)]
     lines = [_md_row(head), _md_row(["---"] * len(head))]
     for point in (p.label for p in report.study.points):
-        mark = " (reference)" if point == report.reference else ""
+        mark = " (reference)" if point == report.reference else " (baseline)" if point == report.baseline else ""
         lines.append(_md_row([point + mark, *(cell_text(cells.loc[(point, c)]) for c in report.columns)]))
+    if report.trivial:
+        lines.append(_md_row(["trivial predictor", *(_trivial_text(report, c) for c in report.columns)]))
+    for name, values in _anchor_rows(report):
+        lines.append(_md_row([name, *(_num(values.get(c)) if c in values else "" for c in report.columns)]))
     return "\n".join(lines)
+
+
+def no_signal_columns(report: StudyReport) -> list[str]:
+    """Columns where no arm beats the no-pre-training row beyond the seeds' noise."""
+    if report.signal is None or not len(report.signal):
+        return []
+    return list(report.signal[report.signal["signal"] == "no signal"]["column"])
+
+
+def signal_markdown(report: StudyReport) -> str:
+    """Per column: the trivial predictor, the no-pre-training row and the best arm, and whether pre-training
+    shows beyond the seeds' noise; then one plain line per column that carries no signal."""
+    if report.signal is None or not len(report.signal):
+        return ("(no no-pre-training row in this study: set `baselines: {no_pretraining: true}` in its grid to tell "
+                "what pre-training adds)")
+    head = ["column", "trivial predictor", "no pre-training (median)", "best arm (median)",
+            "arms beating no pre-training (95%)", "verdict"]
+    lines = [_md_row(head), _md_row(["---"] * len(head))]
+    words = []
+    for row in report.signal.to_dict("records"):
+        lines.append(_md_row([row["column"], _trivial_text(report, row["column"]), _num(row["no_pretraining"]),
+                              _num(row["best_arm"]), row["arms_beating_baseline"] or "none", row["signal"]]))
+        if row["signal"] == "no signal":
+            words.append(f"**{row['column']} carries no pre-training signal at this scale**: no arm beats the "
+                         "no-pre-training row beyond the seeds' noise, so its differences between arms say nothing "
+                         "about the recipes.")
+        elif row["signal"] == "cannot tell":
+            words.append(f"{row['column']}: one seed per arm, so whether pre-training shows cannot be judged.")
+    notes = ["", "An arm beats the no-pre-training row when the 95% bootstrap interval of their difference (paired by "
+             "pre-training seed where both have the same seeds) excludes zero on the better side. The trivial "
+             "predictor is fitted on the training labels the trials use and scored on dev (majority class, or the "
+             "best constant)."]
+    return "\n".join([*lines, *notes, "", *(f"- {w}" for w in words)])
+
+
+def _trivial_text(report: StudyReport, column: str) -> str:
+    trivial = report.trivial.get(column)
+    return f"{_num(trivial['score'])} ({trivial['description']})" if trivial else ""
+
+
+def _anchor_rows(report: StudyReport) -> list[tuple[str, dict[str, float]]]:
+    """One row per published model (BLiMP's 5-gram ... humans), holding its score in the columns it has."""
+    names = dict.fromkeys(name for values in report.anchors.values() for name in values)
+    return [(f"published: {name}", {column: values[name] for column, values in report.anchors.items()
+                                    if name in values}) for name in names]
 
 
 def paper_markdown(report: StudyReport) -> str:
@@ -170,7 +221,7 @@ def report_markdown(report: StudyReport, figures: list[Path], target: Path, comm
     runs = tidy.drop_duplicates("run_dir") if len(tidy) else tidy
     first = study.runs[0].config
     tokens = runs.groupby("point")["tokens_seen"].median().to_dict() if len(runs) else {}
-    seeds_ft = {t: list(p.settings.seeds) for t, p in study.tasks.items()}
+    seeds_ft = {t: list(p.settings.seeds) for t, p in study.tasks.items() if not p.zero_shot}
     lines = [f"# {study.name}" + (f" at scale {study.scale}" if study.scale else ""), "",
              study.description, "",
              f"- results: `{report.folder}`; grid: `{_grid_path(report)}`",
@@ -184,6 +235,7 @@ def report_markdown(report: StudyReport, figures: list[Path], target: Path, comm
              f"- reference row: `{report.reference}`; each cell: median over seeds at the best fine-tuning lr "
              "[min-max], n = seeds present / expected", "",
              "## Our table", "", markdown_table(report), "",
+             "## Does pre-training show at this scale?", "", signal_markdown(report), "",
              "## The paper", "", paper_markdown(report), "",
              "## Differences from the reference", "", comparison_markdown(report), "",
              "## The paper's orderings at this scale", "", orderings_markdown(report), "",

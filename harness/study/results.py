@@ -14,7 +14,7 @@ from typing import Any
 
 from harness.runs import read_final_metrics
 from harness.study.grid import value_label
-from harness.study.jobs import FinetuneJob, Plan
+from harness.study.jobs import DownstreamJob, FinetuneJob, Plan
 from harness.study.stats import best_by_median
 
 PRETRAIN_COLUMNS = ("steps", "common_val_bpc", "val_mlm_loss", "val_ppl")
@@ -31,13 +31,14 @@ def job_rows(plan: Plan) -> tuple[Any, Any]:
             pretrain.append({"point": job.run.point.label, "nuisance": _label(job.run.nuisance), "seed": job.run.seed,
                              "run_id": final.get("run_id"), **{k: final.get(k) for k in PRETRAIN_COLUMNS}})
     finetune = []
-    for job in plan.finetune:
+    for job in plan.downstream:  # a zero-shot evaluation is a row without lr and fine-tuning seed
         if plan.status(job) == "done":
             final = read_final_metrics(plan.path(job))
+            lr = {"lr": job.lr} if isinstance(job, FinetuneJob) else {}
             finetune.append({"point": job.pretrain.run.point.label, "task": job.task.name,
-                             "nuisance": _label({**job.pretrain.run.nuisance, "lr": job.lr}),
+                             "nuisance": _label({**job.pretrain.run.nuisance, **lr}),
                              "pretrain_nuisance": _label(job.pretrain.run.nuisance), "seed": job.pretrain.run.seed,
-                             "finetune_seed": job.seed, "score": final["score"],
+                             "finetune_seed": getattr(job, "seed", None), "score": final["score"],
                              "metric": _metric(job)})
     return pd.DataFrame(pretrain), pd.DataFrame(finetune)
 
@@ -83,7 +84,7 @@ def format_table(frame: Any) -> str:
     return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
-def _metric(job: FinetuneJob) -> str:
+def _metric(job: DownstreamJob) -> str:
     from harness.tasks import get_task
 
     return get_task(job.task.name).selection_metric

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from harness.runs import RecordStatus, record_status, write_failure
 from harness.study.grid import GridError, load_grid
-from harness.study.jobs import FinetuneJob, Job, Plan, estimate, expand, format_duration, payload
+from harness.study.jobs import Job, Plan, PretrainJob, estimate, expand, format_duration, payload
 from harness.study.launch_local import LocalLauncher, threads_per_worker
 from harness.study.report import write_study_file
 from harness.study.results import comparison_table, format_table
@@ -85,11 +85,14 @@ def sweep(grid: str | Path, *, scale: str | None = None, results: str | Path = "
 def print_plan(plan: Plan, selected: list[Job], statuses: dict[str, RecordStatus], todo: int, out: TextIO) -> None:
     study = plan.study
     counts = {state: sum(statuses[job.name] == state for job in selected) for state in ("done", "partial", "failed")}
-    kinds = f"{sum(j.kind == 'pretrain' for j in selected)} pre-training, {sum(j.kind == 'finetune' for j in selected)}"
+    per_kind = {kind: sum(j.kind == kind for j in selected) for kind in ("pretrain", "finetune", "evaluate")}
+    kinds = f"{per_kind['pretrain']} pre-training, {per_kind['finetune']}"
     scope = "" if len(selected) == len(plan.jobs) else f" (selected from {len(plan.jobs)})"
     print(f"sweep {study.name}" + (f" at scale {study.scale}" if study.scale else "")
           + (f": {study.description}" if study.description else ""), file=out)
-    print(f"  {len(selected)} jobs{scope} ({kinds} fine-tuning) in {plan.results_root / study.experiment}", file=out)
+    zero_shot = f", {per_kind['evaluate']} zero-shot" if per_kind["evaluate"] else ""
+    print(f"  {len(selected)} jobs{scope} ({kinds} fine-tuning{zero_shot}) in {plan.results_root / study.experiment}",
+          file=out)
     print(f"  done {counts['done']}, partial {counts['partial']}, failed {counts['failed']}, to do {todo}", file=out)
     if study.skipped_tasks:
         print(f"  left out (when_present, no data here): {', '.join(study.skipped_tasks)}", file=out)
@@ -153,7 +156,7 @@ def run_jobs(plan: Plan, todo: list[Job], workers: int, result: SweepResult, dis
 def _next_ready(plan: Plan, pending: list[Job], result: SweepResult) -> Job | None:
     """The first pending job whose pre-training run is done; a job whose run failed is dropped as blocked."""
     for job in list(pending):
-        if isinstance(job, FinetuneJob):
+        if not isinstance(job, PretrainJob):
             needed = job.pretrain.name
             if needed in result.failures:
                 pending.remove(job)

@@ -70,7 +70,7 @@ def run_payload(job: dict[str, Any], report: Any) -> tuple[str, ...]:
 
 
 def run_job(job: dict[str, Any], report: Any) -> None:
-    """Run one pre-training run or fine-tuning trial through its ordinary entry point."""
+    """Run one pre-training run, fine-tuning trial or zero-shot evaluation through its ordinary entry point."""
     os.environ.update(WANDB_RUN_GROUP=job["wandb"]["group"], WANDB_JOB_TYPE=job["wandb"]["job_type"])
     callbacks = [_progress_callback(report), _wandb_axes_callback(job["wandb"]["axes"])]
     if job["kind"] == "pretrain":
@@ -83,6 +83,13 @@ def run_job(job: dict[str, Any], report: Any) -> None:
                                               "progress_bar": False})
         pretrain(config.model_copy(update={"impl": impl}), job["data_dir"], job["results_root"],
                  extra_callbacks=callbacks)
+        return
+    if job["kind"] == "evaluate":
+        from harness.evaluate import evaluate_zero_shot, zero_shot_settings
+
+        settings = zero_shot_settings(job["task"], job["settings"])
+        evaluate_zero_shot(Path(job["checkpoint"]), job["task"], job["data_dir"], settings, Path(job["results_root"]),
+                           threads=job["threads"])
         return
     from harness.finetune import FinetuneConfig, finetune_trial
 
