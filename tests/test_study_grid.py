@@ -96,9 +96,11 @@ def test_quickstart_grid_compares_the_two_recipes(shared_data, tmp_path, capsys)
     grid = REPO / "experiments" / "quickstart.yaml"
     assert main(["quickstart", "--dry-run", "--grid", str(grid), "--data-dir", str(shared_data),
                  "--results", str(tmp_path)]) == 0
-    assert "8 jobs (2 pre-training, 6 fine-tuning)" in capsys.readouterr().out
+    # 2 arms + the no-pre-training row, each fine-tuned on SST-2 with 3 seeds and scored on BLiMP once
+    assert "15 jobs (3 pre-training, 9 fine-tuning, 3 zero-shot)" in capsys.readouterr().out
     study = load_grid(grid, data_dir=shared_data)
-    bert, roberta = (run.config for run in study.runs)
+    bert, roberta, baseline = (run.config for run in study.runs)
+    assert (baseline.budget.max_steps, baseline.recipe, baseline.tokenizer.kind) == (0, "roberta", "bpe")
     assert (bert.recipe, bert.data.nsp, bert.data.dupe_factor, roberta.recipe) == ("bert", True, "auto", "roberta")
     assert bert.run_name() == "bert-recipe-s0" and bert.model.size == "tiny"
     sst2 = study.tasks["sst2"].settings
