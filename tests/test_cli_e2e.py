@@ -88,6 +88,39 @@ def test_finetune_the_pretrained_model_from_the_command_line(pretrained, workspa
     assert (Path(printed["study_dir"]) / "lr0.001__seed0" / FINAL_METRICS_FILE).is_file()
 
 
+def test_the_run_keeps_its_held_out_loss_per_document(pretrained):
+    """heldout_documents.csv holds the final common held-out evaluation split by document: its sums are the run's
+    common_val figures, so a report may resample documents."""
+    import math
+
+    import pandas as pd
+
+    run, printed = pretrained
+    documents = pd.read_csv(run / "heldout_documents.csv")
+    assert list(documents["document"]) == list(range(printed["common_val_documents"]))
+    assert documents["masked_tokens"].sum() == printed["common_val_masked_tokens"]
+    assert documents["chars"].sum() == printed["common_val_masked_chars"]
+    bpc = documents["nll_nats"].sum() / math.log(2) / documents["chars"].sum()
+    assert bpc == pytest.approx(printed["common_val_bpc"], rel=1e-4)
+
+
+def test_evaluate_blimp_on_the_pretrained_model(pretrained, workspace, shared_data):
+    """`harness evaluate --task blimp` on the model `harness pretrain` exported: accuracies as JSON, a record with
+    every pair, and the same record returned by a second call."""
+    run, _ = pretrained
+    args = ["evaluate", "--checkpoint", run / "model", "--task", "blimp", "--set",
+            "blimp.paradigms=anaphor_gender_agreement,determiner_noun_agreement_1", "--set",
+            "blimp.pairs_per_paradigm=25", "--data-dir", shared_data, "--results", workspace / "results"]
+    printed = json.loads(succeeded(harness(*args, cache=workspace / "cache")).stdout)
+    assert printed["pairs"] == 50 and 0.0 <= printed["overall"] <= 100.0
+    assert set(printed["by_field"]) == {"morphology"} and printed["ties"] >= 0
+    records = list((workspace / "results").glob("evaluate/evaluate/model__blimp__*"))
+    assert len(records) == 1 and (records[0] / "pairs.csv.gz").is_file()
+    stamp = (records[0] / FINAL_METRICS_FILE).stat().st_mtime_ns
+    assert json.loads(succeeded(harness(*args, cache=workspace / "cache")).stdout) == printed
+    assert (records[0] / FINAL_METRICS_FILE).stat().st_mtime_ns == stamp  # a finished record is never rewritten
+
+
 def test_quickstart_runs_a_grid_file(workspace, shared_data, pretrained):
     folder = workspace / "study"
     folder.mkdir()
