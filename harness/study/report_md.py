@@ -189,9 +189,12 @@ def orderings_markdown(report: StudyReport) -> str:
                               str(row.get("n", "")), row["verdict"]]))
         counts[row["column"]][row["verdict"]] += 1
     verdicts = ("reproduces", "contradicts", "cannot tell")
+    quiet = set(no_signal_columns(report))
     summary = [f"- {column}: " + ", ".join(f"{word} {tally[word]}" for word in verdicts)
                + "".join(f", {word} {n}" for word, n in tally.items() if word not in verdicts)
-               + f" (of {sum(tally.values())})" for column, tally in counts.items()]
+               + f" (of {sum(tally.values())})"
+               + (" - no pre-training signal in this column at this scale: its verdicts say nothing about the recipes"
+                  if column in quiet else "") for column, tally in counts.items()]
     notes = ["", "Positive margins go the paper's way (for ppl and bpc, lower is better). Reproduces / contradicts: "
              "the 95% bootstrap interval over seeds excludes zero on the paper's / the other side; cannot tell: it "
              "holds zero, or one seed per arm. The paper's basis: \"this column\", the paper reports it; "
