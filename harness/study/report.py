@@ -28,6 +28,7 @@ from harness.paths import atomic_write_text
 from harness.runs import read_final_metrics
 from harness.study.grid import Study, load_grid, value_label
 from harness.study.jobs import Plan, expand
+from harness.study.multibootstrap import paired_t_interval
 from harness.study.stats import best_by_median, bootstrap_ci, same_sign, spread, verdict
 
 STUDY_FILE = "study.json"
@@ -180,8 +181,9 @@ def published_anchors(study: Study, data_dir: str | Path | None, problems: list[
 
 def _signal(report: StudyReport) -> list[dict[str, Any]]:
     """Per column: the trivial score, the no-pre-training median, the best arm's median, and whether any arm beats
-    the no-pre-training row beyond the seeds' noise (the 95% interval of the paired difference excludes zero on
-    the better side). A column where none does carries no pre-training signal at this scale."""
+    the no-pre-training row beyond the seeds' noise: the 95% paired t interval of the seed-level differences (each
+    pre-training seed's mean over its fine-tuning seeds, paired by pre-training seed) excludes zero on the better
+    side. A column where none does carries no pre-training signal at this scale."""
     if report.baseline is None or not len(report.cells):
         return []
     cells = report.cells.set_index(["point", "column"])
@@ -195,12 +197,13 @@ def _signal(report: StudyReport) -> list[dict[str, Any]]:
             if not ours["n"] or not base["n"]:
                 continue
             best = ours["median"] if best is None or sign * (ours["median"] - best) > 0 else best
-            a, b, paired = _aligned(ours, base)
-            if min(len(a), len(b)) < 2:
+            mine, theirs = seed_means(ours), seed_means(base)
+            shared = sorted(set(mine) & set(theirs))
+            if len(shared) < 2:
                 continue
             tested += 1
-            low, _ = sorted(sign * x for x in bootstrap_ci(a, b, paired))
-            if low > 0:
+            interval = paired_t_interval([sign * (mine[s] - theirs[s]) for s in shared])
+            if interval.low > 0:
                 beats.append(point)
         verdict_text = ("signal" if beats else "no signal" if tested else
                         "cannot tell" if base["n"] else "missing")
@@ -208,6 +211,16 @@ def _signal(report: StudyReport) -> list[dict[str, Any]]:
                      "no_pretraining": base["median"] if base["n"] else None, "best_arm": best,
                      "arms_beating_baseline": ",".join(beats), "arms_tested": tested, "signal": verdict_text})
     return rows
+
+
+def seed_means(cell: Any) -> dict[Any, float]:
+    """A cell's values averaged within each pre-training seed (the unit of replication): fine-tuning seeds are
+    repeated measurements of one pre-trained model, not independent runs."""
+    by_seed: dict[Any, list[float]] = {}
+    for (pretrain_seed, _), value in zip(cell["seeds"] or [], cell["values"], strict=True):
+        if value is not None and np.isfinite(value):
+            by_seed.setdefault(pretrain_seed, []).append(float(value))
+    return {seed: float(np.mean(values)) for seed, values in by_seed.items()}
 
 
 def paper_orderings(report: StudyReport) -> list[dict[str, Any]]:

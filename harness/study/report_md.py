@@ -113,10 +113,10 @@ def signal_markdown(report: StudyReport) -> str:
                          "about the recipes.")
         elif row["signal"] == "cannot tell":
             words.append(f"{row['column']}: one seed per arm, so whether pre-training shows cannot be judged.")
-    notes = ["", "An arm beats the no-pre-training row when the 95% bootstrap interval of their difference (paired by "
-             "pre-training seed where both have the same seeds) excludes zero on the better side. The trivial "
-             "predictor is fitted on the training labels the trials use and scored on dev (majority class, or the "
-             "best constant)."]
+    notes = ["", "An arm beats the no-pre-training row when the 95% paired t interval of their seed-level differences "
+             "(each pre-training seed's mean over its fine-tuning seeds, paired by pre-training seed) excludes zero on "
+             "the better side; with one shared seed it cannot be judged. The trivial predictor is fitted on the "
+             "training labels the trials use and scored on dev (majority class, or the best constant)."]
     return "\n".join([*lines, *notes, "", *(f"- {w}" for w in words)])
 
 
