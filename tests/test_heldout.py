@@ -241,3 +241,25 @@ def test_fairseq_separators_in_real_batches(shared_data, tmp_path):
     assert not ((plain_ids[:-1] == sep) & (plain_ids[1:] == sep)).any()
     rows = len(fairseq.train_examples.packed)
     assert 1_754 + 57 <= int((ids == sep).sum()) <= 1_754 + 57 + rows
+
+
+def test_document_losses_sum_per_document_by_hand():
+    """Two rows of document 3 and one of document 1; masked tokens in row-major order as the model returns them. A
+    held-out set of one document comes back as one-element tensors squeezed to scalars by torchmetrics: the module
+    reshapes them (see PretrainModule), so one document is also a list."""
+    import torch
+
+    from harness.models.metrics import DocumentLosses
+
+    metric = DocumentLosses()
+    masked = torch.tensor([[True, False, True], [False, True, False], [True, True, False]])
+    metric.update(torch.tensor([1.0, 2.0, 4.0, 8.0, 16.0]), torch.tensor([1, 1, 2, 3, 5]), masked,
+                  torch.tensor([3, 1, 3]))
+    sums = metric.compute()
+    assert sums["document"].tolist() == [1, 3] and sums["nll"].tolist() == [4.0, 27.0]
+    assert sums["tokens"].tolist() == [1, 4] and sums["chars"].tolist() == [2, 10]
+    single = DocumentLosses()
+    single.update(torch.tensor([1.0, 2.0]), torch.tensor([3, 4]), torch.tensor([[False, True, True]]),
+                  torch.tensor([7]))
+    assert {name: value.reshape(-1).tolist() for name, value in single.compute().items()} == {
+        "document": [7], "nll": [3.0], "tokens": [2], "chars": [7]}

@@ -276,7 +276,8 @@ class PretrainModule(pl.LightningModule):
             self.common_val.reset()
         if self.common_val_documents.update_count:
             sums = self.common_val_documents.compute()
-            self.heldout_documents = {name: value.cpu().tolist() for name, value in sums.items()}
+            # reshape: torchmetrics squeezes one-element results to scalars (a held-out set of one document)
+            self.heldout_documents = {name: value.reshape(-1).cpu().tolist() for name, value in sums.items()}
             self.common_val_documents.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
