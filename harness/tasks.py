@@ -75,11 +75,12 @@ class TaskSpec:
 
 def _glue(name: str, folder: str, config: str, files: dict[str, FileSpec], text_fields: tuple[str, ...],
           metrics: tuple[str, ...], labels: tuple[str, ...] = ("0", "1"), kind: TaskKind = "classification",
-          dev_split: str = "validation") -> TaskSpec:
+          dev_split: str = "validation", version: int = 1) -> TaskSpec:
     selection = metrics[0] if len(metrics) == 1 else "score"
     return TaskSpec(name=name, kind=kind, folder=folder, parents=("glue", ""), files=files,
                     hub=HubSpec("nyu-mll/glue", config, dev_split=dev_split, text_fields=text_fields),
-                    metrics=metrics, selection_metric=selection, labels=labels if kind != "regression" else ())
+                    metrics=metrics, selection_metric=selection, labels=labels if kind != "regression" else (),
+                    version=version)
 
 
 def _pair(filename: str, a: str, b: str, label: str, **kw: Any) -> FileSpec:
@@ -94,7 +95,8 @@ _ENTITY_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MI
 
 _SPECS: list[TaskSpec] = [
     _glue("cola", "CoLA", "cola", {"train": FileSpec("train.tsv", **_COLA_FILE),
-                                   "dev": FileSpec("dev.tsv", **_COLA_FILE)}, ("sentence",), ("mcc",)),
+                                   "dev": FileSpec("dev.tsv", **_COLA_FILE)}, ("sentence",), ("mcc",),
+          version=2),  # 2: MCC as scikit-learn (and GLUE) compute it, 0 for a constant prediction
     _glue("sst2", "SST-2", "sst2", {"train": FileSpec("train.tsv", text_columns=("sentence",), label_column="label"),
                                     "dev": FileSpec("dev.tsv", text_columns=("sentence",), label_column="label")},
           ("sentence",), ("accuracy",)),

@@ -22,7 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from harness.runs import read_curves  # noqa: E402
 
-UNITS = {"ppl": "held-out perplexity (common set)", "bpc": "held-out bits per character (common set)"}
+UNITS = {"ppl": "held-out perplexity (common set)", "bpc": "held-out bits per character (common set)",
+         "blimp": "BLiMP accuracy (%, zero-shot)"}
 
 
 def colours(report: Any) -> dict[str, Any]:
@@ -55,7 +56,8 @@ def scores_figure(report: Any) -> Any:
     cells, labels, colour = report.cells, [p.label for p in report.study.points], colours(report)
     if not len(cells) or not cells["n"].any():
         return None
-    figure, axes = plt.subplots(1, len(report.columns), figsize=(3.2 * len(report.columns), 3.4), squeeze=False)
+    figure, axes = plt.subplots(1, len(report.columns), figsize=(3.2 * len(report.columns), 3.4), squeeze=False,
+                                layout="constrained")  # no axis label runs into the next panel
     for ax, column in zip(axes[0], report.columns, strict=True):
         for i, label in enumerate(labels):
             cell = cells[(cells["point"] == label) & (cells["column"] == column)].iloc[0]

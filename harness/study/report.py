@@ -213,6 +213,12 @@ def _signal(report: StudyReport) -> list[dict[str, Any]]:
     return rows
 
 
+def pretraining_runs(*cells: Any) -> int:
+    """Independent pre-training runs behind a comparison: the fewest pre-training seeds of its cells. Fine-tuning
+    seeds of one pre-trained model are not independent replicates: a single run per arm has no spread to judge by."""
+    return min(len(seed_means(cell)) for cell in cells)
+
+
 def seed_means(cell: Any) -> dict[Any, float]:
     """A cell's values averaged within each pre-training seed (the unit of replication): fine-tuning seeds are
     repeated measurements of one pre-trained model, not independent runs."""
@@ -227,7 +233,7 @@ def paper_orderings(report: StudyReport) -> list[dict[str, Any]]:
     """For every pair of our points with published rows: which one the paper finds better, and per column of ours
     whether this study reproduces that ordering beyond the seeds' spread (the 95% interval of the difference
     excludes zero, same direction), contradicts it (excludes zero, other direction) or cannot tell (the interval
-    holds zero, or one seed per arm).
+    holds zero, or one pre-training run per arm).
 
     The paper's ordering tested on a column: its own on that column where it reports it (a task, or ppl in Table 3);
     on our held-out columns (ppl, bits per character), its held-out perplexity where it reports one, else its task
@@ -276,7 +282,7 @@ def _ordering_verdict(better: Any, worse: Any, column: str) -> dict[str, Any]:
     margin = sign * (better["median"] - worse["median"])
     low, high = sorted(sign * x for x in bootstrap_ci(a, b, paired))
     n = min(len(a), len(b))
-    if n < 2 or low <= 0 <= high:
+    if pretraining_runs(better, worse) < 2 or low <= 0 <= high:
         text = "cannot tell"
     else:
         text = "reproduces" if low > 0 else "contradicts"
@@ -504,7 +510,8 @@ def _compare(report: StudyReport, point: str, column: str, ours: Any, ref: Any, 
     t_ours, t_ref = tokens.get(point), tokens.get(report.reference)
     matched = t_ours is None or t_ref is None or abs(t_ours - t_ref) <= COMPUTE_TOLERANCE * max(t_ours, t_ref)
     return {"point": point, "column": column, "diff": diff, "ci_low": ci[0], "ci_high": ci[1], "paired": paired,
-            "n": min(len(a), len(b)), "verdict": verdict(diff, ci, min(len(a), len(b))), "paper_diff": paper_diff,
+            "n": min(len(a), len(b)), "verdict": verdict(diff, ci, pretraining_runs(ours, ref)),
+            "paper_diff": paper_diff,
             "agree": same_sign(diff, paper_diff), "compute_matched": matched, "tokens": t_ours,
             "reference_tokens": t_ref, "lr_on_edge": bool(ours["lr_on_edge"] or ref["lr_on_edge"])}
 

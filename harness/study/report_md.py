@@ -112,7 +112,8 @@ def signal_markdown(report: StudyReport) -> str:
                          "no-pre-training row beyond the seeds' noise, so its differences between arms say nothing "
                          "about the recipes.")
         elif row["signal"] == "cannot tell":
-            words.append(f"{row['column']}: one seed per arm, so whether pre-training shows cannot be judged.")
+            words.append(f"{row['column']}: one pre-training run per arm, so whether pre-training shows cannot be "
+                         "judged.")
     notes = ["", "An arm beats the no-pre-training row when the 95% paired t interval of their seed-level differences "
              "(each pre-training seed's mean over its fine-tuning seeds, paired by pre-training seed) excludes zero on "
              "the better side; with one shared seed it cannot be judged. The trivial predictor is fitted on the "
@@ -197,7 +198,7 @@ def orderings_markdown(report: StudyReport) -> str:
                   if column in quiet else "") for column, tally in counts.items()]
     notes = ["", "Positive margins go the paper's way (for ppl and bpc, lower is better). Reproduces / contradicts: "
              "the 95% bootstrap interval over seeds excludes zero on the paper's / the other side; cannot tell: it "
-             "holds zero, or one seed per arm. The paper's basis: \"this column\", the paper reports it; "
+             "holds zero, or one pre-training run per arm. The paper's basis: \"this column\", the paper reports it; "
              "\"its held-out ppl\", its perplexity (Table 3) ordering, for our held-out columns; \"its task "
              "average\", the sign of its mean difference over the tasks it reports, for columns it does not report."]
     return "\n".join([*lines, *notes, "", "Per column:", "", *summary])

@@ -60,9 +60,10 @@ def bootstrap_ci(ours: Sequence[float], reference: Sequence[float], paired: bool
 
 
 def verdict(diff: float, ci: tuple[float, float], n: int) -> str:
-    """'beyond the seeds' spread' when the interval excludes zero, else 'within noise'; one seed cannot tell."""
+    """'beyond the seeds' spread' when the interval excludes zero, else 'within noise'; `n` = independent
+    pre-training runs per arm: one cannot tell, whatever its fine-tuning seeds say."""
     if n < 2:
-        return "one seed per arm: no spread to judge by"
+        return "one pre-training run per arm: no spread to judge by"
     return "beyond the seeds' spread" if ci[0] > 0 or ci[1] < 0 else "within noise"
 
 
