@@ -6,7 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.study.multibootstrap import metric_scores, multi_bootstrap, paired_t_interval, ratio_scores
+from harness.study.multibootstrap import (
+    compare,
+    example_counts,
+    metric_scores,
+    multi_bootstrap,
+    paired_t_interval,
+    ratio_scores,
+)
 
 
 def simulated_arm(rng: np.random.Generator, seeds: int, accuracy: float, seed_sd: float,
@@ -86,3 +93,101 @@ def test_with_few_seeds_the_t_interval_is_calibrated_and_the_bootstrap_is_not(se
         boot_cover += boot.low <= 0 <= boot.high
     assert 0.92 <= t_cover / studies <= 0.98, t_cover
     assert boot_cover / studies < (0.85 if seeds == 3 else 0.93), boot_cover
+
+
+def test_a_hand_computed_multi_bootstrap():
+    """2 paired seeds x 2 examples. Ours gets [1, 1] and [1, 0] right, the reference [0, 1] and [0, 0]: both seeds
+    differ by 0.5 on the whole set. A replicate draws the examples {0, 0} (both seeds differ by 1), {1, 1} (0) or one
+    of each (0.5), with probabilities 1/4, 1/4, 1/2; the seed draw cannot change that. So P(diff <= 0) = 1/4, the
+    seeds add no variance, and the examples' variance of the mean difference is that distribution's, 1/8."""
+    ours, ref = np.array([[1.0, 1.0], [1.0, 0.0]]), np.array([[0.0, 1.0], [0.0, 0.0]])
+    result = multi_bootstrap(ratio_scores(ours), ratio_scores(ref), (2, 2), 2, paired=True, draws=20000)
+    assert result.diff == 0.5 and result.p_not_above == pytest.approx(0.25, abs=0.01)
+    assert (result.low, result.high) == (0.0, 1.0)
+    compared = compare(ratio_scores(ours), ratio_scores(ref), 2, 2, draws=20000)
+    assert compared.diff == 0.5 and compared.seed_diffs == (0.5, 0.5) and compared.seed_variance == 0.0
+    assert compared.example_variance == pytest.approx(0.125, rel=0.03)
+    assert compared.p_not_above == pytest.approx(0.25, abs=0.01)
+    assert compared.df == pytest.approx(1.0)  # all of the variance is the 2 examples': 1 degree of freedom
+
+
+def test_the_examples_are_drawn_once_for_both_arms_and_every_seed():
+    """Two arms that are the same outputs: every replicate's difference is exactly 0, whatever examples it draws
+    (drawn separately per arm or per seed, it would not be)."""
+    rng = np.random.default_rng(3)
+    outputs = (rng.random((4, 50)) < 0.6).astype(float)
+    result = multi_bootstrap(ratio_scores(outputs), ratio_scores(outputs.copy()), (4, 4), 50, paired=True, draws=300)
+    assert result.low == result.high == 0.0 and result.p_not_above == 1.0
+    compared = compare(ratio_scores(outputs), ratio_scores(outputs.copy()), 4, 50, draws=300)
+    assert compared.se == 0.0 and compared.low == compared.high == 0.0
+
+
+def probit_arm(rng, mu, seeds, finetune, difficulty, interaction, pretrain_sd, finetune_sd):
+    """[seeds, examples] accuracy per example, averaged over `finetune` fine-tuning seeds nested in each
+    pre-training seed: correct when mu + difficulty + arm x example + pre-training seed + fine-tuning seed + N(0, 1)
+    noise > 0, so the arm's expected accuracy over seeds and examples is Phi(mu / tau) exactly."""
+    pretrain = rng.normal(0, pretrain_sd, size=(seeds, 1, 1))
+    tuned = rng.normal(0, finetune_sd, size=(seeds, finetune, 1))
+    latent = mu + difficulty + interaction + pretrain + tuned + rng.normal(size=(seeds, finetune, difficulty.size))
+    return (latent > 0).mean(axis=1)
+
+
+REGIMES = {  # (examples, difficulty sd, arm x example sd, pre-training sd, fine-tuning sd, fine-tuning seeds)
+    "pre-training seeds dominate": (800, 1.0, 0.0, 0.4, 0.2, 1),
+    "the evaluation examples dominate": (300, 1.0, 0.6, 0.01, 0.01, 1),
+    "both, three fine-tuning seeds": (500, 1.0, 0.4, 0.15, 0.2, 3),
+}
+
+
+@pytest.mark.parametrize("regime", list(REGIMES))
+def test_the_verdict_interval_is_calibrated_at_5_seeds(regime):
+    """Simulated studies with a known difference (Phi(0.6 / tau) - Phi(0.5 / tau)), nested pre-training and
+    fine-tuning variance and a finite dev set drawn from a population: at 5 pre-training seeds, `compare`'s 95%
+    interval covers the true difference 93-97% of 400 studies in every regime. The MultiBERTs percentile interval
+    does not (too narrow when the seeds dominate, too wide when the examples do), nor does the t over seeds alone
+    when the examples dominate: which is why verdicts use `compare`."""
+    from scipy.stats import norm
+
+    m, c_sd, g_sd, p_sd, f_sd, finetune = REGIMES[regime]
+    rng = np.random.default_rng(sorted(REGIMES).index(regime))
+    tau = np.sqrt(1 + c_sd**2 + g_sd**2 + p_sd**2 + f_sd**2)
+    truth = norm.cdf(0.6 / tau) - norm.cdf(0.5 / tau)
+    covered = boot = seeds_alone = 0
+    studies = 400
+    for study in range(studies):
+        difficulty = rng.normal(0, c_sd, m)
+        ours = probit_arm(rng, 0.6, 5, finetune, difficulty, rng.normal(0, g_sd, m), p_sd, f_sd)
+        ref = probit_arm(rng, 0.5, 5, finetune, difficulty, rng.normal(0, g_sd, m), p_sd, f_sd)
+        result = compare(ratio_scores(ours), ratio_scores(ref), 5, m, draws=300, seed=study)
+        covered += result.low <= truth <= result.high
+        boot += result.boot_low <= truth <= result.boot_high
+        seeds_alone += result.t_low <= truth <= result.t_high
+    assert 0.93 <= covered / studies <= 0.97, covered
+    if regime == "pre-training seeds dominate":
+        assert boot / studies < 0.9, boot
+    if regime == "the evaluation examples dominate":
+        assert boot / studies > 0.97 and seeds_alone / studies < 0.92, (boot, seeds_alone)
+
+
+def test_p_values_read_the_interval():
+    """The one-sided p-value of "above 0" is below 2.5% exactly when the 95% interval's lower end is above 0."""
+    rng = np.random.default_rng(5)
+    for shift in (0.0, 0.3, 0.6, 1.0):
+        diffs = rng.normal(shift, 0.5, size=(5, 1))
+        result = compare(ratio_scores(diffs), ratio_scores(np.zeros((5, 1))), 5, None, draws=100)
+        assert (result.p_above(0.0) < 0.025) == (result.low > 0)
+        assert result.p_above(result.low) == pytest.approx(0.025, abs=1e-9)
+        assert result.p_below(result.high) == pytest.approx(0.025, abs=1e-9)
+        assert result.method.startswith("paired t over seeds alone") and result.example_variance == 0
+    single = compare(ratio_scores(np.ones((1, 3))), ratio_scores(np.zeros((1, 3))), 1, 3)
+    assert not single.judged and single.p_above() == 1.0 and "no interval" in single.method
+
+
+def test_vectorised_scores_match_a_loop():
+    rng = np.random.default_rng(7)
+    num, den = rng.random((3, 40)), rng.random((3, 40)) + 0.5
+    drawn = rng.integers(0, 40, size=(5, 40))
+    vectorised = ratio_scores(num, den)(drawn)
+    looped = np.array([[num[s, d].sum() / den[s, d].sum() for s in range(3)] for d in drawn])
+    assert vectorised.shape == (5, 3) and np.allclose(vectorised, looped)
+    assert np.array_equal(example_counts(np.array([[0, 0, 2]]), 3), np.array([[2.0, 0.0, 1.0]]))

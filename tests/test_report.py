@@ -11,7 +11,6 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
@@ -19,7 +18,7 @@ from harness.cli import main
 from harness.study import sweep
 from harness.study.report import STUDY_FILE, ReportError, build_report, find_studies, load_paper_tables
 from harness.study.report_md import write_report
-from harness.study.stats import bootstrap_ci, same_sign, spread, verdict
+from harness.study.stats import same_sign, spread
 
 TINY = {"corpus.path": "corpora/wikitext-2-raw/wiki.valid.raw", "corpus.max_documents": 12,
         "corpus.validation_fraction": 0.25, "tokenizer.vocab_size": 1000, "data.max_seq_length": 64,
@@ -69,39 +68,36 @@ def test_the_sweep_records_its_grid_and_the_tidy_table_holds_the_run_directories
         assert (tidy[tidy["point"] == arm]["common_val_bpc"] == run["common_val_bpc"]).all()
 
 
-def test_cells_and_the_bootstrap_interval_match_a_hand_computation(results):
+def test_cells_and_the_comparison_match_a_hand_computation(results):
+    """One pre-training seed per arm, two fine-tuning seeds: the seed's value is their mean, the cell has n=1 of 1
+    pre-training runs, and the comparison has a difference but no interval (fine-tuning seeds of one pre-trained
+    model are not replicates). The per-example scores recomputed from dev_predictions.csv and
+    heldout_documents.csv equal what the runs recorded."""
+    from harness.study.evidence import heldout_scores, task_scores
+
     folder = results / "tiny_report"
     report = build_report(folder)
     cells = report.cells.set_index(["point", "column"])
-    assert report.comparisons["same_tokenizer"].all()  # static and dynamic masking share a tokenizer
     a, b = scores(folder, "static"), scores(folder, "dynamic")
     cell = cells.loc[("static", "sst2")]
-    assert cell["median"] == pytest.approx((a[0] + a[1]) / 2) and cell["n"] == 2 and cell["expected"] == 2
-    assert (cell["min"], cell["max"]) == (min(a), max(a))
+    assert cell["mean"] == pytest.approx((a[0] + a[1]) / 2) and cell["n"] == 1 and cell["expected"] == 1
+    assert cell["seed_values"] == {0: pytest.approx((a[0] + a[1]) / 2)} and len(cell["seed_dirs"][0]) == 2
     assert report.reference == "dynamic"
     row = report.comparisons.set_index(["point", "column"]).loc[("static", "sst2")]
-    assert row["paired"] and row["diff"] == pytest.approx((a[0] + a[1]) / 2 - (b[0] + b[1]) / 2)
-    # Paired resamples of 2 seeds give one of three differences, each at least 1/4 likely: the 95% interval spans
-    # exactly the smallest and the largest of them.
-    possible = [a[0] - b[0], a[1] - b[1], (a[0] + a[1]) / 2 - (b[0] + b[1]) / 2]
-    assert (row["ci_low"], row["ci_high"]) == (pytest.approx(min(possible)), pytest.approx(max(possible)))
-    # ...but both seeds fine-tune one pre-trained model per arm: no verdict, whatever the interval
-    assert set(report.comparisons["verdict"]) == {"one pre-training run per arm: no spread to judge by"}
+    assert row["diff"] == pytest.approx((a[0] + a[1]) / 2 - (b[0] + b[1]) / 2)
+    assert not row["judged"] and row["seeds"] == 1 and row["examples"] == 872  # SST-2's dev set, per example
+    score, ids = task_scores([cell["seed_dirs"][0]], ("accuracy",))
+    assert len(ids) == 872 and score(None)[0] == pytest.approx(cell["seed_values"][0], abs=1e-3)
+    bpc = cells.loc[("static", "bpc")]
+    per_document, _ = heldout_scores(bpc["seed_dirs"][0], "bpc")
+    assert per_document(None)[0] == pytest.approx(bpc["seed_values"][0], rel=1e-5)
 
 
 def test_statistics_on_hand_made_values():
     s = spread([3.0, 1.0, 2.0, 10.0])
     assert (s.median, s.low, s.high, s.q1, s.q3, s.n) == (2.5, 1.0, 10.0, 1.75, 4.75, 4)
     assert spread([]) is None
-    assert bootstrap_ci([1, 2], [0, 0], paired=True) == (1.0, 2.0)
-    assert bootstrap_ci([5, 5, 5], [1, 1], paired=False) == (4.0, 4.0)
-    low, high = bootstrap_ci(np.arange(20.0), np.arange(20.0) + 0.5, paired=True)
-    assert low == high == -0.5  # a constant paired difference has no spread
-    assert verdict(1.0, (0.2, 1.5), 3) == "beyond the seeds' spread"
-    assert verdict(1.0, (-0.2, 1.5), 3) == "within noise"
     assert same_sign(-1.0, -0.4) is True and same_sign(1.0, -0.4) is False and same_sign(1.0, None) is None
-    with pytest.raises(ValueError, match="aligned"):
-        bootstrap_ci([1, 2], [1], paired=True)
 
 
 def test_report_files_are_written_from_the_run_directories(results, tmp_path):
@@ -109,15 +105,19 @@ def test_report_files_are_written_from_the_run_directories(results, tmp_path):
     target = tmp_path / "tiny_report"
     assert written == [target / "report.md"] and messages == []
     text = (target / "report.md").read_text()
-    assert "## Our table" in text and "| static |" in text and "n=2/2" in text and "nothing: every cell" in text
+    assert "## Our table" in text and "| static |" in text and "n=1/1" in text and "nothing: every cell" in text
     digest = build_report(results / "tiny_report").tidy["corpus_digest"].iloc[0]
     assert re.search(rf"- corpus: `\S+` \(corpus_digest {digest}\); model:", text)  # one corpus, named by content
     # how long the study took, from its records: 2 pre-training runs and 4 fine-tuning trials
     assert re.search(r"- wall-clock: \S+ with at least one job running, 6 jobs; first start .* UTC \(span \S+\); "
                      r"job time pre-training \S+, fine-tuning \S+", text), text[:1500]
-    # each verdict states the interval as its sentence reads: "by X (95% CI low to high)" with low <= X <= high
-    sentences = re.findall(r"by ([-\d.e+]+) \(95% CI ([-\d.e+]+) to ([-\d.e+]+)\)", text)
-    assert sentences and all(float(lo) <= float(x) <= float(hi) for x, lo, hi in sentences), sentences
+    # one pre-training run per arm: said at the top, no interval anywhere, no verdict word, no "95% CI"
+    assert "**1 pre-training seed per arm (fewer than 5)**: one pre-training run per arm has no spread" in text
+    assert "(one pre-training seed: no interval)" in text and "95% CI" not in text and "reproduces" not in text
+    # the grid has one fine-tuning lr: the header does not call it the best
+    assert "at the grid's one fine-tuning lr" in text and "best fine-tuning lr" not in text
+    assert "[their range: min-max, not an interval]" in text
+    assert "dynamic: 6 updates (fewer than 1000)" in text  # a flag a reader needs
     import pandas as pd
 
     assert len(pd.read_csv(target / "tidy.csv")) == 4
@@ -149,7 +149,7 @@ def test_a_partial_corrupt_and_stray_results_folder_is_reported_with_one_line_ea
     assert "final_metrics.json: not readable JSON" in messages[0]
     assert "dynamic-s0__0000000000: not a run of this grid (optim.peak_lr is 0.5" in messages[1]
     text = written[0].read_text()
-    assert "missing (0/2)" in text and "- static / sst2: 0 of 2 seeds" in text
+    assert "missing (0/1)" in text and "- static / sst2: 0 of 1 pre-training seeds" in text
     # a pre-training run still running: its fine-tuning jobs have no directory yet, and the report still builds
     (static[0].pretrain.path / "final_metrics.json").unlink()
     written, _ = write_report(copy, out=tmp_path / "running")
@@ -217,27 +217,68 @@ def test_the_best_learning_rate_is_the_best_median_and_an_edge_is_flagged():
 
     from harness.study.report import _task_cell
 
-    rows = [{"point": "a", "task": "sst2", "pretrain_nuisance": "-", "finetune_lr": lr, "pretrain_seed": 0,
-             "finetune_seed": seed, "score": score}
+    rows = [{"point": "a", "task": "sst2", "pretrain_nuisance": "-", "finetune_lr": lr, "pretrain_seed": seed,
+             "finetune_seed": 0, "score": score, "job_dir": f"trial-{lr}-{seed}"}
             for lr, seed, score in [(1e-3, 0, 50.0), (1e-3, 1, 90.0), (1e-3, 2, 51.0),   # median 51
                                     (2e-3, 0, 60.0), (2e-3, 1, 61.0), (2e-3, 2, 10.0),   # median 60
                                     (3e-3, 0, 55.0), (3e-3, 1, 56.0), (3e-3, 2, 57.0)]]  # median 56
     frame = pd.DataFrame(rows)
     cell = _task_cell("a", "sst2", frame, 3, (1e-3, 2e-3, 3e-3))
     assert (cell["best_lr"], cell["median"], cell["min"], cell["max"], cell["n"]) == (2e-3, 60.0, 10.0, 61.0, 3)
+    assert cell["mean"] == pytest.approx(131 / 3) and cell["seed_dirs"][2] == ["trial-0.002-2"]
     assert not cell["lr_on_edge"]
     edge = _task_cell("a", "sst2", frame[frame["finetune_lr"] != 2e-3], 3, (1e-3, 2e-3, 3e-3))
     assert edge["best_lr"] == 3e-3 and edge["lr_on_edge"] and (edge["q1"], edge["q3"]) == (55.5, 56.5)
+    # a grid of one lr has no edge
+    assert not _task_cell("a", "sst2", frame[frame["finetune_lr"] == 1e-3], 3, (1e-3,))["lr_on_edge"]
+
+
+def test_a_nan_score_never_enters_a_seed_value():
+    """A constant STS-B prediction gives a NaN correlation in older records: the seed's other trials stand, a seed
+    with no finite score is missing (it made a cell, and a verdict, NaN)."""
+    import pandas as pd
+
+    from harness.study.report import _task_cell
+
+    frame = pd.DataFrame([{"pretrain_nuisance": "-", "finetune_lr": 1e-3, "pretrain_seed": seed, "finetune_seed": ft,
+                           "score": score, "job_dir": "x"}
+                          for seed, ft, score in [(0, 0, 10.0), (0, 1, float("nan")), (1, 0, float("nan")),
+                                                  (2, 0, 20.0)]])
+    cell = _task_cell("a", "stsb", frame, 3, (1e-3,))
+    assert cell["seed_values"] == {0: 10.0, 2: 20.0} and cell["n"] == 2 and cell["mean"] == 15.0
 
 
 def test_comparisons_at_unequal_tokens_or_an_edge_lr_are_flagged():
-    from harness.study.report_md import _flags
+    from types import SimpleNamespace
 
-    row = {"compute_matched": False, "tokens": 1_000_000, "reference_tokens": 800_000, "lr_on_edge": True}
-    assert _flags(row) == ["not compute-matched (1,000,000 vs 800,000 tokens)", "best lr on the grid's edge"]
-    assert _flags({"compute_matched": True, "lr_on_edge": False}) == []
-    assert _flags({"compute_matched": True, "same_tokenizer": False}) == [
-        "different tokenizers: perplexities do not compare, bits per character do"]
+    import pandas as pd
+
+    from harness.study.report import _pair_flags
+
+    tidy = pd.DataFrame([{"point": "a", "run_dir": "a0", "tokens_seen": 1_000_000},
+                         {"point": "b", "run_dir": "b0", "tokens_seen": 800_000}])
+    cells = pd.DataFrame([{"point": p, "column": "sst2", "lr_on_edge": p == "a"} for p in ("a", "b")])
+    flags = [{"point": "a", "columns": "heldout", "short": "held-out set packed unlike a's input"},
+             {"point": "b", "columns": "all", "short": "b's curve still falling"}]
+    report = SimpleNamespace(tidy=tidy, cells=cells, flags=flags)
+    assert _pair_flags(report, "a", "b", "sst2") == [
+        "b's curve still falling", "not compute-matched (1,000,000 vs 800,000 tokens seen)",
+        "best fine-tuning lr on the grid's edge"]
+    assert _pair_flags(report, "a", "b", "heldout")[0] == "held-out set packed unlike a's input"
+
+
+def test_a_curve_still_falling_is_flagged(tmp_path):
+    """Held-out perplexity 110 at 900 tokens and 100 at 1000: over a tenth of the run (100 tokens) it fell 10% of
+    its last value, so the run is still falling; 100.5 -> 100 is 0.5%, flat enough."""
+    from harness.study.report import last_tenth_change
+
+    for name, previous, expected in (("falling", 110.0, -0.1), ("flat", 100.5, -0.005)):
+        logs = tmp_path / name / "logs" / "launch-0"
+        logs.mkdir(parents=True)
+        (logs / "metrics.csv").write_text("step,train/tokens_seen,common_val/ppl\n1,100,500\n9,900,"
+                                          f"{previous}\n10,1000,100\n")
+        assert last_tenth_change(tmp_path / name) == pytest.approx(expected)
+    assert last_tenth_change(tmp_path / "missing") is None
 
 
 def test_perplexity_across_tokenizers_is_flagged():
@@ -274,39 +315,27 @@ def test_a_tuned_pretraining_lr_gives_an_lr_by_batch_size_heat_map():
     assert lr_batch_figure(zipped) is None
 
 
-def test_the_papers_orderings_are_tested_column_by_column(results):
-    """The fixture's arms carry Table 1's labels: the paper orders dynamic over static on SST-2 (92.9 vs 92.5) and
-    SQuAD 2.0, static over dynamic on MNLI: on SST-2 its own ordering is tested, on the held-out columns its task
-    average (+0.17 for dynamic)."""
-    from harness.study.report import _ordering_verdict, paper_orderings
+def test_the_papers_claims_are_judged_through_the_report(results):
+    """The fixture's arms carry Table 1's labels: named table1_masking, its report tests the claim "dynamic is not
+    worse than static" on SST-2 (the paper's column), lists SQuAD 2.0 and MNLI as not run, and gives no verdict from
+    one pre-training run per arm."""
+    import dataclasses
+
+    from harness.study.report import claim_rows
+    from harness.study.report_md import claims_markdown
 
     report = build_report(results / "tiny_report")
+    report.study = dataclasses.replace(report.study, name="table1_masking")
     report.paper = load_paper_tables()["table1_masking"]
-    rows = {row["column"]: row for row in paper_orderings(report)}
-    assert (rows["sst2"]["better"], rows["sst2"]["worse"], rows["sst2"]["basis"]) == ("dynamic", "static",
-                                                                                       "this column")
-    for column in ("ppl", "bpc"):
-        assert (rows[column]["better"], rows[column]["basis"]) == ("dynamic", "its task average"), column
-    sst2 = rows["sst2"]
-    assert sst2["ci_low"] <= sst2["margin"] <= sst2["ci_high"] and sst2["n"] == 2
-    # two fine-tuning seeds of ONE pre-training run per arm: no independent replicate, whatever the interval says
-    assert sst2["verdict"] == "cannot tell"
-    text = write_report(results, "tiny_report", results.parent / "orderings")[0][0].read_text()
-    assert "## The paper's orderings at this scale" in text
-
-    def cell(values: list[float]) -> dict:
-        return {"n": len(values), "median": float(np.median(values)), "seeds": [(i, 0) for i in range(len(values))],
-                "values": values}
-
-    # bits per character: lower is better, so a lower "better" arm is a positive margin
-    assert _ordering_verdict(cell([3.0, 3.01, 3.02]), cell([3.2, 3.21, 3.22]), "bpc")["verdict"] == "reproduces"
-    assert _ordering_verdict(cell([3.2, 3.21, 3.22]), cell([3.0, 3.01, 3.02]), "bpc")["verdict"] == "contradicts"
-    assert _ordering_verdict(cell([80.0, 70.0, 90.0]), cell([79.0, 81.0, 71.0]), "sst2")["verdict"] == "cannot tell"
-    assert _ordering_verdict(cell([90.0]), cell([70.0]), "sst2")["verdict"] == "cannot tell"  # one seed
-    # three fine-tuning seeds of one pre-training run: as good as one run
-    one_run = {"n": 3, "median": 3.0, "seeds": [(0, 0), (0, 1), (0, 2)], "values": [3.0, 3.01, 3.02]}
-    other = {**one_run, "median": 3.2, "values": [3.2, 3.21, 3.22]}
-    assert _ordering_verdict(one_run, other, "bpc")["verdict"] == "cannot tell"
+    rows = {row["column"]: row for row in claim_rows(report)}
+    assert rows["sst2"]["claim"] == "dynamic_not_worse" and rows["sst2"]["kind"] == "noninferior"
+    assert rows["sst2"]["verdict"] == "inconclusive (one pre-training run per arm)"
+    assert rows["sst2"]["paper_diff"] == pytest.approx(0.4) and rows["sst2"]["smallest_effect"] == 0.5
+    assert rows["mnli"]["verdict"] == rows["squad_v2"]["verdict"] == "not run"
+    assert rows["blimp"]["extension"] and rows["blimp"]["verdict"] == "not run"
+    report.claims = __import__("pandas").DataFrame(claim_rows(report))
+    text = claims_markdown(report)
+    assert "| dynamic_not_worse | sst2 |" in text and "(not run at this scale: squad_v2, mnli" in text
 
 
 def test_the_committed_reports_have_the_columns_harness_report_writes_today(results):

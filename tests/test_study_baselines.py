@@ -65,8 +65,11 @@ def test_a_baseline_naming_no_point_is_one_line(tmp_path, shared_data):
 
 
 def cell(point: str, column: str, values: list[float]) -> dict:
+    """One value per pre-training seed, no per-example outputs (the comparisons resample the seeds alone)."""
     return {"point": point, "column": column, "median": float(pd.Series(values).median()) if values else None,
-            "n": len(values), "values": values, "seeds": [(i, None) for i in range(len(values))]}
+            "mean": float(pd.Series(values).mean()) if values else None, "n": len(values), "values": values,
+            "seeds": [(i, None) for i in range(len(values))], "seed_values": dict(enumerate(values)),
+            "seed_dirs": {}}
 
 
 class HandMade:
@@ -74,7 +77,8 @@ class HandMade:
 
     def __init__(self, cells: list[dict], columns: list[str]) -> None:
         self.cells, self.columns = pd.DataFrame(cells), columns
-        self.baseline, self.arms, self.trivial = "no_pretraining", ["a", "b"], {"sst2": {"score": 50.92}}
+        self.baseline, self.arms = "no_pretraining", ["a", "b"]
+        self.trivial = {"sst2": {"score": 50.92}, "mrpc": {"score": 74.8}}
 
 
 def test_a_column_has_signal_only_when_an_arm_beats_no_pretraining_beyond_the_seeds():
@@ -87,10 +91,16 @@ def test_a_column_has_signal_only_when_an_arm_beats_no_pretraining_beyond_the_se
         cell("a", "ppl", [300.0, 310.0]), cell("b", "ppl", [320.0, 330.0]),
         cell("no_pretraining", "ppl", [8000.0, 8100.0]),
         cell("a", "bpc", [2.0]), cell("b", "bpc", [2.1]), cell("no_pretraining", "bpc", [4.0]),
-    ], ["sst2", "rte", "ppl", "bpc"])
+        # beats the random model, but not the majority class: no signal either
+        cell("a", "mrpc", [74.9, 74.7, 74.8, 74.85, 74.75]), cell("b", "mrpc", [70.0, 71.0, 70.5, 69.5, 70.2]),
+        cell("no_pretraining", "mrpc", [70.0, 70.5, 69.0, 71.0, 70.1]),
+    ], ["sst2", "rte", "ppl", "bpc", "mrpc"])
     rows = {row["column"]: row for row in _signal(made)}
     assert rows["sst2"]["signal"] == "signal" and rows["sst2"]["arms_beating_baseline"] == "a"
     assert rows["sst2"]["trivial"] == 50.92 and rows["sst2"]["best_arm"] == 71.0
+    assert rows["sst2"]["arms_above_trivial"] == "a"
+    assert rows["mrpc"]["arms_beating_baseline"] == "a" and rows["mrpc"]["arms_above_trivial"] == ""
+    assert rows["mrpc"]["signal"] == "no signal"
     assert rows["rte"]["signal"] == "no signal" and rows["rte"]["arms_beating_baseline"] == ""
     assert rows["ppl"]["signal"] == "signal" and rows["ppl"]["arms_beating_baseline"] == "a,b"
     assert rows["bpc"]["signal"] == "cannot tell"  # one seed: no spread to judge by

@@ -26,10 +26,12 @@ import yaml
 from harness.config import HarnessError, to_dict
 from harness.paths import atomic_write_text
 from harness.runs import read_final_metrics
+from harness.study.claims import HELDOUT_COLUMN, decide, load_claims, p_values, smallest_effect, verdict_text
+from harness.study.evidence import compare_cells
 from harness.study.grid import Study, load_grid, value_label
 from harness.study.jobs import Plan, expand
-from harness.study.multibootstrap import paired_t_interval
-from harness.study.stats import best_by_median, bootstrap_ci, same_sign, spread, verdict
+from harness.study.multibootstrap import one_sample_t_above
+from harness.study.stats import best_by_median, same_sign, spread
 
 STUDY_FILE = "study.json"
 PAPER_TABLES = Path(__file__).with_name("paper_tables.yaml")
@@ -64,6 +66,8 @@ class StudyReport:
     trivial: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> the trivial predictor's dev score
     signal: Any = None  # one row per column: does any arm beat the no-pre-training row beyond the seeds' noise?
     anchors: dict[str, dict[str, float]] = field(default_factory=dict)  # column -> published model -> score
+    flags: list[dict[str, Any]] = field(default_factory=list)  # per arm: what qualifies its comparisons
+    claims: Any = None  # one row per (paper claim, column): difference, interval, verdict (harness.study.claims)
 
     @property
     def baseline(self) -> str | None:
@@ -139,11 +143,14 @@ def build_report(folder: str | Path) -> StudyReport:
     paper = load_paper_tables().get(study.name)
     reference = _reference(study, paper)
     cells = pd.DataFrame(_cells(plan, tidy, study))
+    tidy = tidy.drop(columns="job_dir", errors="ignore")  # the cells hold each seed's job directories
     report = StudyReport(study, plan, folder, tidy, cells, None, reference, paper, problems, source)
-    report.comparisons = pd.DataFrame(_comparisons(report))
     report.trivial = trivial_scores(study, data_dir, problems)
     report.anchors = published_anchors(study, data_dir, problems)
+    report.flags = run_flags(report)
+    report.comparisons = pd.DataFrame(_comparisons(report))
     report.signal = pd.DataFrame(_signal(report))
+    report.claims = pd.DataFrame(claim_rows(report))
     return report
 
 
@@ -180,113 +187,154 @@ def published_anchors(study: Study, data_dir: str | Path | None, problems: list[
 
 
 def _signal(report: StudyReport) -> list[dict[str, Any]]:
-    """Per column: the trivial score, the no-pre-training median, the best arm's median, and whether any arm beats
-    the no-pre-training row beyond the seeds' noise: the 95% paired t interval of the seed-level differences (each
-    pre-training seed's mean over its fine-tuning seeds, paired by pre-training seed) excludes zero on the better
-    side. A column where none does carries no pre-training signal at this scale."""
-    if report.baseline is None or not len(report.cells):
+    """Per column: the trivial score, the no-pre-training row's and the best arm's means, and whether pre-training
+    shows: some arm beats the no-pre-training row (the lower end of the 95% interval of the paired difference,
+    harness.study.evidence.compare_cells, is above zero on the better side) and, for a task with a trivial predictor,
+    some arm's seed values are above the trivial score (one-sided t at 2.5%). A column where a test could be made
+    and none passed carries no pre-training signal at this scale; with one pre-training seed it cannot be told."""
+    if not len(report.cells) or (report.baseline is None and not report.trivial):
         return []
     cells = report.cells.set_index(["point", "column"])
     rows = []
     for column in report.columns:
-        base = cells.loc[(report.baseline, column)]
         sign = -1.0 if column in LOWER_IS_BETTER else 1.0
-        beats, best, tested = [], None, 0
+        base = cells.loc[(report.baseline, column)] if report.baseline else None
+        trivial = report.trivial.get(column, {}).get("score")
+        beats, above, best, tested = [], [], None, False
         for point in report.arms:
             ours = cells.loc[(point, column)]
-            if not ours["n"] or not base["n"]:
+            if not ours["n"]:
                 continue
-            best = ours["median"] if best is None or sign * (ours["median"] - best) > 0 else best
-            mine, theirs = seed_means(ours), seed_means(base)
-            shared = sorted(set(mine) & set(theirs))
-            if len(shared) < 2:
-                continue
-            tested += 1
-            interval = paired_t_interval([sign * (mine[s] - theirs[s]) for s in shared])
-            if interval.low > 0:
-                beats.append(point)
-        verdict_text = ("signal" if beats else "no signal" if tested else
-                        "cannot tell" if base["n"] else "missing")
-        rows.append({"column": column, "trivial": report.trivial.get(column, {}).get("score"),
-                     "no_pretraining": base["median"] if base["n"] else None, "best_arm": best,
-                     "arms_beating_baseline": ",".join(beats), "arms_tested": tested, "signal": verdict_text})
+            best = ours["mean"] if best is None or sign * (ours["mean"] - best) > 0 else best
+            if base is not None and base["n"]:
+                comparison = compare_cells(ours, base, column, oriented=True, metrics=_metrics(column))
+                if comparison is not None and comparison.judged:
+                    tested = True
+                    if comparison.low > 0:
+                        beats.append(point)
+            if trivial is not None and ours["n"] >= 2:
+                tested = True
+                if one_sample_t_above(list(ours["seed_values"].values()), trivial):
+                    above.append(point)
+        passes = (base is None or bool(beats)) and (trivial is None or bool(above))
+        testable = (base is not None and bool(base["n"])) or trivial is not None
+        verdict_text_ = ("signal" if tested and passes else "no signal" if tested else
+                         "missing" if best is None else "cannot tell" if testable else "not tested")
+        rows.append({"column": column, "trivial": trivial,
+                     "no_pretraining": base["mean"] if base is not None and base["n"] else None, "best_arm": best,
+                     "arms_beating_baseline": ",".join(beats), "arms_above_trivial": ",".join(above),
+                     "signal": verdict_text_})
     return rows
-
-
-def pretraining_runs(*cells: Any) -> int:
-    """Independent pre-training runs behind a comparison: the fewest pre-training seeds of its cells. Fine-tuning
-    seeds of one pre-trained model are not independent replicates: a single run per arm has no spread to judge by."""
-    return min(len(seed_means(cell)) for cell in cells)
 
 
 def seed_means(cell: Any) -> dict[Any, float]:
-    """A cell's values averaged within each pre-training seed (the unit of replication): fine-tuning seeds are
-    repeated measurements of one pre-trained model, not independent runs."""
-    by_seed: dict[Any, list[float]] = {}
-    for (pretrain_seed, _), value in zip(cell["seeds"] or [], cell["values"], strict=True):
-        if value is not None and np.isfinite(value):
-            by_seed.setdefault(pretrain_seed, []).append(float(value))
-    return {seed: float(np.mean(values)) for seed, values in by_seed.items()}
+    """A cell's value per pre-training seed (the unit of replication: fine-tuning seeds of one pre-trained model are
+    repeated measurements of it, averaged)."""
+    return dict(cell["seed_values"] or {})
 
 
-def paper_orderings(report: StudyReport) -> list[dict[str, Any]]:
-    """For every pair of our points with published rows: which one the paper finds better, and per column of ours
-    whether this study reproduces that ordering beyond the seeds' spread (the 95% interval of the difference
-    excludes zero, same direction), contradicts it (excludes zero, other direction) or cannot tell (the interval
-    holds zero, or one pre-training run per arm).
-
-    The paper's ordering tested on a column: its own on that column where it reports it (a task, or ppl in Table 3);
-    on our held-out columns (ppl, bits per character), its held-out perplexity where it reports one, else its task
-    average; on our other tasks, its task average (the mean difference over the tasks it reports)."""
-    if not len(report.cells) or not report.paper:
+def claim_rows(report: StudyReport) -> list[dict[str, Any]]:
+    """The paper's claims for this study (harness.study.claims), one row per (claim, column): the oriented
+    difference with its 95% interval, the test's p-values, the Holm-corrected verdict over the study's family, the
+    flags that qualify it."""
+    claims = load_claims()
+    listed = claims.studies.get(report.study.name, ())
+    if not listed or not len(report.cells):
         return []
     cells = report.cells.set_index(["point", "column"])
-    points = [label for label in report.arms if paper_row(report, label)]
-    rows = []
-    for i, first in enumerate(points):
-        for second in points[i + 1:]:
-            mine, theirs = paper_row(report, first), paper_row(report, second)
-            shared = [c for c in report.paper["columns"] if c in mine and c in theirs]
-            published = {c: _better(mine[c], theirs[c], c) for c in shared}
-            tasks = [mine[c] - theirs[c] for c in shared if c not in LOWER_IS_BETTER]
-            average = _better(float(np.mean(tasks)), 0.0, "task") if tasks else 0
-            for column in report.columns:
-                if column in published:
-                    paper_sign, basis = published[column], "this column"
-                elif column in HELDOUT and "ppl" in published:
-                    paper_sign, basis = published["ppl"], "its held-out ppl"
-                else:
-                    paper_sign, basis = average, "its task average"
-                if not paper_sign:
-                    rows.append({"better": first, "worse": second, "column": column, "basis": basis,
-                                 "verdict": "the paper ties"})
-                    continue
-                better, worse = (first, second) if paper_sign > 0 else (second, first)
-                rows.append({"better": better, "worse": worse, "column": column, "basis": basis,
-                             **_ordering_verdict(cells.loc[(better, column)], cells.loc[(worse, column)], column)})
+    quiet = {row["column"] for row in (report.signal.to_dict("records") if report.signal is not None else [])
+             if row["signal"] == "no signal"}
+    rows, family = [], []
+    for claim in listed:
+        arm, reference = _claim_point(report, claim.arm), _claim_point(report, claim.reference)
+        for column in claim.all_columns:
+            ours_column = "bpc" if column == HELDOUT_COLUMN else column
+            row = {"claim": claim.id, "text": claim.says, "kind": claim.kind, "arm": arm, "reference": reference,
+                   "column": column, "extension": column not in claim.columns, "diff": None, "low": None,
+                   "high": None, "smallest_effect": None, "seed_diffs": [], "seeds": 0, "examples": None,
+                   "method": "", "p_support": None, "flags": "",
+                   "paper_diff": _paper_claim_diff(report, arm, reference, column)}
+            if arm is None or reference is None or ours_column not in report.columns:
+                rows.append({**row, "verdict": "not run"})
+                continue
+            mine, theirs = cells.loc[(arm, ours_column)], cells.loc[(reference, ours_column)]
+            if not mine["n"] or not theirs["n"]:
+                rows.append({**row, "verdict": "missing"})
+                continue
+            comparison = compare_cells(mine, theirs, ours_column, oriented=True, metrics=_metrics(ours_column))
+            delta = smallest_effect(claims.smallest_effects, column, _metric_name(report, column),
+                                    (theirs["mean"], cells.loc[(reference, "ppl")]["mean"])
+                                    if column == HELDOUT_COLUMN else None)
+            row.update({"smallest_effect": delta, "flags": "; ".join(_pair_flags(report, arm, reference, column))})
+            if comparison is None:
+                rows.append({**row, "verdict": "missing"})
+                continue
+            row.update({"diff": comparison.diff, "low": comparison.low, "high": comparison.high,
+                        "seed_diffs": list(comparison.seed_diffs), "seeds": comparison.seeds,
+                        "examples": comparison.examples, "method": comparison.method,
+                        "boot_low": comparison.boot_low, "boot_high": comparison.boot_high,
+                        "p_not_above": comparison.p_not_above, "t_low": comparison.t_low,
+                        "t_high": comparison.t_high})
+            if ours_column in quiet:
+                rows.append({**row, "verdict": "no signal at this scale"})
+            elif not comparison.judged:
+                rows.append({**row, "verdict": "inconclusive (one pre-training run per arm)"})
+            else:
+                tests = p_values(comparison, claim.kind, delta)
+                rows.append({**row, "p_support": tests["support"], "verdict": None})
+                family.append((len(rows) - 1, tests))
+    for (index, _), decided in zip(family, decide([tests for _, tests in family]), strict=True):
+        rows[index]["verdict"] = verdict_text(decided, rows[index]["seeds"])
+    for row in rows:
+        row["family"] = len(family)
     return rows
 
 
-def _better(a: float, b: float, column: str) -> int:
-    """+1 when a is the better value on `column`, -1 when b is, 0 for a tie."""
-    diff = (b - a) if column in LOWER_IS_BETTER else (a - b)
-    return int(diff > 0) - int(diff < 0)
+def _claim_point(report: StudyReport, key: str | int) -> str | None:
+    """A claim's arm or reference: a point label, or (position-matched studies) its position among the arms."""
+    if isinstance(key, int):
+        return report.arms[key] if 0 <= key < len(report.arms) else None
+    return key if key in report.arms else None
 
 
-def _ordering_verdict(better: Any, worse: Any, column: str) -> dict[str, Any]:
-    """Our `better - worse` difference, oriented so that positive means "as the paper orders them"."""
-    if not better["n"] or not worse["n"]:
-        return {"verdict": "missing", "margin": None, "ci_low": None, "ci_high": None, "n": 0}
-    a, b, paired = _aligned(better, worse)
-    sign = -1.0 if column in LOWER_IS_BETTER else 1.0
-    margin = sign * (better["median"] - worse["median"])
-    low, high = sorted(sign * x for x in bootstrap_ci(a, b, paired))
-    n = min(len(a), len(b))
-    if pretraining_runs(better, worse) < 2 or low <= 0 <= high:
-        text = "cannot tell"
-    else:
-        text = "reproduces" if low > 0 else "contradicts"
-    return {"verdict": text, "margin": margin, "ci_low": low, "ci_high": high, "n": n}
+def _paper_claim_diff(report: StudyReport, arm: str | None, reference: str | None, column: str) -> float | None:
+    """The paper's difference on the claim's column, oriented as the claim (lower ppl is better), rounded to the
+    published precision (Table 3's 3.77 - 3.68 is 0.09, not 0.0899999...)."""
+    if arm is None or reference is None:
+        return None
+    mine, theirs = paper_row(report, arm), paper_row(report, reference)
+    key = "ppl" if column == HELDOUT_COLUMN else column
+    if not mine or not theirs or key not in mine or key not in theirs:
+        return None
+    return published_difference(mine[key], theirs[key], lower_is_better=key in LOWER_IS_BETTER)
+
+
+def published_difference(ours: float, reference: float, lower_is_better: bool = False) -> float:
+    """A difference of two published values, at their printed precision (two decimals at most): floating-point
+    residue (7.1e-15 for a tie) never becomes an ordering."""
+    diff = round(float(ours) - float(reference), 6)
+    return -diff if lower_is_better and diff else diff
+
+
+def _metrics(column: str) -> tuple[str, ...] | None:
+    """The official metrics a fine-tuned task's score is the mean of (None for zero-shot and held-out columns and
+    the task kinds whose per-example outputs are not scored here: QA and NER)."""
+    from harness.tasks import get_task
+
+    if column in HELDOUT or column == "blimp":
+        return None
+    spec = get_task(column)
+    if spec.kind not in ("classification", "regression"):
+        return None
+    return tuple(spec.metrics) if spec.selection_metric == "score" else (spec.selection_metric,)
+
+
+def _metric_name(report: StudyReport, column: str) -> str | None:
+    from harness.tasks import get_task
+
+    if column == HELDOUT_COLUMN or column == "blimp":
+        return None
+    return get_task(column).selection_metric
 
 
 def load_paper_tables() -> dict[str, Any]:
@@ -306,6 +354,7 @@ def _tidy_rows(plan: Plan, problems: list[str]) -> list[dict[str, Any]]:
             if final is not None:
                 rows.append({**base, "task": evaluation.task.name, "metric": _metric(evaluation.task.name),
                              "finetune_lr": None, "finetune_seed": None, "score": final["score"], "lr_grid": None,
+                             "job_dir": str(plan.path(evaluation)),
                              **{f"dev.{k}": v for k, v in _zero_shot_figures(final).items()}})
                 added += 1
         trials = [t for t in plan.finetune if t.pretrain is job]
@@ -314,6 +363,7 @@ def _tidy_rows(plan: Plan, problems: list[str]) -> list[dict[str, Any]]:
             if final is not None:
                 rows.append({**base, "task": trial.task.name, "metric": _metric(trial.task.name),
                              "finetune_lr": trial.lr, "finetune_seed": trial.seed, "score": final["score"],
+                             "job_dir": str(plan.path(trial)),
                              "lr_grid": ",".join(map(str, trial.settings.learning_rates)),
                              **{f"dev.{k}": v for k, v in final.get("dev", {}).items() if k != "score"}})
                 added += 1
@@ -410,54 +460,74 @@ def _strays(plan: Plan, folder: Path) -> list[str]:
 
 
 def _cells(plan: Plan, tidy: Any, study: Study) -> list[dict[str, Any]]:
-    """Per (point, column): the best learning rate's median over seeds, its spread and n of the expected seeds."""
+    """Per (point, column): each pre-training seed's value (the mean over its fine-tuning seeds at the point's best
+    learning rate, or its one zero-shot or held-out figure), their mean, median and range, n of the expected
+    pre-training seeds, and the job directories behind each seed (the per-example outputs)."""
     rows = []
     for point in study.points:
         runs = [r for r in study.runs if r.point.label == point.label]
+        expected = len({r.seed for r in runs})
         mine = tidy[tidy["point"] == point.label] if len(tidy) else tidy
         for task, plan_task in study.tasks.items():
-            if plan_task.zero_shot:  # one value per pre-training run
-                rows.append(_zero_shot_cell(point.label, task, mine, len({r.seed for r in runs})))
-                continue
-            expected = len({r.seed for r in runs}) * len(plan_task.settings.seeds)
-            rows.append(_task_cell(point.label, task, mine, expected, plan_task.settings.learning_rates))
+            scores = mine[mine["task"] == task] if len(mine) else mine
+            if plan_task.zero_shot:
+                rows.append(_zero_shot_cell(point.label, task, scores, expected))
+            else:
+                rows.append(_task_cell(point.label, task, scores, expected, plan_task.settings.learning_rates))
         pretrain = mine.drop_duplicates("run_dir") if len(mine) else mine
         for column, metric in HELDOUT.items():
-            values = list(pretrain[metric]) if len(pretrain) else []
-            seeds = [(seed, None) for seed in pretrain["pretrain_seed"]] if len(pretrain) else []
-            rows.append(_cell(point.label, column, values, len({r.seed for r in runs}), None, False, seeds))
+            rows.append(_heldout_cell(point.label, column, pretrain, metric, expected))
     return rows
 
 
-def _task_cell(point: str, task: str, mine: Any, expected: int, grid: tuple[float, ...]) -> dict[str, Any]:
-    scores = mine[mine["task"] == task] if len(mine) else mine
+def _task_cell(point: str, task: str, scores: Any, expected: int, grid: tuple[float, ...]) -> dict[str, Any]:
     if not len(scores):
-        return _cell(point, task, [], expected, None, False, None)
+        return _cell(point, task, None, expected, lr_grid=len(grid))
     # Nuisance = (pre-training nuisance, fine-tuning lr): the best median over seeds is reported (the paper's protocol).
     nuisance, lr = best_by_median(scores, ["pretrain_nuisance", "finetune_lr"])
     best = scores[(scores["pretrain_nuisance"] == nuisance) & (scores["finetune_lr"] == lr)]
     edge = len(grid) > 1 and lr in (min(grid), max(grid))
-    seeds = list(zip(best["pretrain_seed"], best["finetune_seed"], strict=True))
-    return _cell(point, task, list(best["score"]), expected, lr, edge, seeds)
+    return _cell(point, task, best, expected, lr=lr, edge=edge, lr_grid=len(grid))
 
 
-def _zero_shot_cell(point: str, task: str, mine: Any, expected: int) -> dict[str, Any]:
-    scores = mine[mine["task"] == task] if len(mine) else mine
+def _zero_shot_cell(point: str, task: str, scores: Any, expected: int) -> dict[str, Any]:
     if not len(scores):
-        return _cell(point, task, [], expected, None, False, None)
-    best = scores[scores["pretrain_nuisance"] == best_by_median(scores, "pretrain_nuisance")]
-    return _cell(point, task, list(best["score"]), expected, None, False,
-                 [(seed, None) for seed in best["pretrain_seed"]])
+        return _cell(point, task, None, expected)
+    return _cell(point, task, scores[scores["pretrain_nuisance"] == best_by_median(scores, "pretrain_nuisance")],
+                 expected)
 
 
-def _cell(point: str, column: str, values: list[float], expected: int, lr: float | None, edge: bool,
-          seeds: list[tuple[Any, Any]] | None) -> dict[str, Any]:
-    summary = spread(values)
-    return {"point": point, "column": column, "median": summary.median if summary else None,
-            "min": summary.low if summary else None, "max": summary.high if summary else None,
-            "q1": summary.q1 if summary else None, "q3": summary.q3 if summary else None,
-            "n": summary.n if summary else 0, "expected": expected, "best_lr": lr, "lr_on_edge": edge,
-            "values": [float(v) for v in values], "seeds": seeds}
+def _heldout_cell(point: str, column: str, runs: Any, metric: str, expected: int) -> dict[str, Any]:
+    if not len(runs) or metric not in runs or runs[metric].isna().all():
+        return _cell(point, column, None, expected)
+    # A tuned pre-training nuisance (Table 3's lr): the value with the best (lowest) median held-out figure.
+    frame = runs.assign(score=-runs[metric].astype(float))
+    best = runs[runs["pretrain_nuisance"] == best_by_median(frame, "pretrain_nuisance")]
+    return _cell(point, column, best.assign(score=best[metric], job_dir=best["run_dir"]), expected)
+
+
+def _cell(point: str, column: str, rows: Any, expected: int, lr: float | None = None, edge: bool = False,
+          lr_grid: int = 0) -> dict[str, Any]:
+    """`rows`: the cell's jobs (score, pretrain_seed, finetune_seed, job_dir), or None for a missing cell."""
+    seed_values: dict[Any, float] = {}
+    seed_dirs: dict[Any, list[str]] = {}
+    values, seeds = [], []
+    for record in ([] if rows is None else rows.to_dict("records")):
+        value = record["score"]
+        values.append(float(value) if value is not None else float("nan"))
+        seeds.append((record["pretrain_seed"], record.get("finetune_seed")))
+        if value is not None and np.isfinite(value):  # a NaN score (no association) never enters a mean
+            seed_dirs.setdefault(record["pretrain_seed"], []).append(record.get("job_dir"))
+    for seed, dirs in seed_dirs.items():
+        scores = [float(v) for (s, _), v in zip(seeds, values, strict=True) if s == seed and np.isfinite(v)]
+        seed_values[seed] = float(np.mean(scores))
+    summary = spread(list(seed_values.values()))
+    return {"point": point, "column": column, "mean": float(np.mean(list(seed_values.values()))) if summary else None,
+            "median": summary.median if summary else None, "min": summary.low if summary else None,
+            "max": summary.high if summary else None, "q1": summary.q1 if summary else None,
+            "q3": summary.q3 if summary else None, "n": summary.n if summary else 0, "expected": expected,
+            "best_lr": lr, "lr_on_edge": edge, "lr_grid": lr_grid, "values": values, "seeds": seeds,
+            "seed_values": seed_values, "seed_dirs": {k: [d for d in v if d] for k, v in seed_dirs.items()}}
 
 
 def _reference(study: Study, paper: dict[str, Any] | None) -> str:
@@ -481,50 +551,109 @@ def paper_row(report: StudyReport, point: str) -> dict[str, float] | None:
 
 
 def _comparisons(report: StudyReport) -> list[dict[str, Any]]:
-    """Each point against the reference, per column: our difference with a bootstrap interval and verdict, the
-    paper's difference, whether they agree in sign, and whether the two saw the same number of tokens."""
+    """Each arm against the reference, per column, as description (the verdicts are the claims'): our mean
+    difference with its 95% interval (harness.study.evidence.compare_cells), the paper's difference, whether they
+    point the same way, and the flags that qualify the comparison."""
     if not len(report.cells):
         return []
     cells = report.cells.set_index(["point", "column"])
-    tokens, vocabularies = _tokens(report.tidy), _vocabularies(report.tidy)
     rows = []
     for point in (label for label in report.arms if label != report.reference):
         for column in report.columns:
             ours, ref = cells.loc[(point, column)], cells.loc[(report.reference, column)]
-            if not ours["n"] or not ref["n"]:
-                rows.append({"point": point, "column": column, "diff": None, "verdict": "missing"})
+            comparison = compare_cells(ours, ref, column, metrics=_metrics(column)) if ours["n"] and ref["n"] \
+                else None
+            if comparison is None:
+                rows.append({"point": point, "column": column, "diff": None, "seeds": 0})
                 continue
-            row = _compare(report, point, column, ours, ref, tokens)
-            # Perplexity is per token of each arm's own tokenizer: across tokenizers only bits per character compare.
-            row["same_tokenizer"] = column != "ppl" or vocabularies.get(point) == vocabularies.get(report.reference)
-            rows.append(row)
+            mine, theirs = paper_row(report, point), paper_row(report, report.reference)
+            paper_diff = published_difference(mine[column], theirs[column]) \
+                if mine and theirs and column in mine and column in theirs else None
+            rows.append({"point": point, "column": column, "diff": comparison.diff, "ci_low": comparison.low,
+                         "ci_high": comparison.high, "judged": comparison.judged, "seeds": comparison.seeds,
+                         "examples": comparison.examples, "method": comparison.method,
+                         "p_not_above": comparison.p_not_above, "paper_diff": paper_diff,
+                         "agree": same_sign(comparison.diff, paper_diff),
+                         "flags": "; ".join(_pair_flags(report, point, report.reference, column))})
     return rows
 
 
-def _compare(report: StudyReport, point: str, column: str, ours: Any, ref: Any, tokens: dict[str, float]) -> dict:
-    a, b, paired = _aligned(ours, ref)
-    diff = ours["median"] - ref["median"]
-    ci = bootstrap_ci(a, b, paired)
-    mine, theirs = paper_row(report, point), paper_row(report, report.reference)
-    paper_diff = mine[column] - theirs[column] if mine and theirs and column in mine and column in theirs else None
-    t_ours, t_ref = tokens.get(point), tokens.get(report.reference)
-    matched = t_ours is None or t_ref is None or abs(t_ours - t_ref) <= COMPUTE_TOLERANCE * max(t_ours, t_ref)
-    return {"point": point, "column": column, "diff": diff, "ci_low": ci[0], "ci_high": ci[1], "paired": paired,
-            "n": min(len(a), len(b)), "verdict": verdict(diff, ci, pretraining_runs(ours, ref)),
-            "paper_diff": paper_diff,
-            "agree": same_sign(diff, paper_diff), "compute_matched": matched, "tokens": t_ours,
-            "reference_tokens": t_ref, "lr_on_edge": bool(ours["lr_on_edge"] or ref["lr_on_edge"])}
+# Flags a reader needs beside a comparison (harness.study.report_md prints them).
+FALLING = 0.01  # a held-out perplexity that fell more than 1% over the last tenth of training is still falling
+MIN_UPDATES = 1000  # fewer updates than this: warm-up and the first phase of training dominate what a run learned
+COMMON_PACKING = "doc_sentences"  # harness.data.heldout packs the common held-out set this way, without NSP
 
 
-def _aligned(ours: Any, ref: Any) -> tuple[list[float], list[float], bool]:
-    """Pair by (pre-training seed, fine-tuning seed) where both arms have exactly the same seeds."""
-    if ours["seeds"] and ref["seeds"] and sorted(ours["seeds"]) == sorted(ref["seeds"]) \
-            and len(set(ours["seeds"])) == len(ours["seeds"]):
-        a = dict(zip(ours["seeds"], ours["values"], strict=True))
-        b = dict(zip(ref["seeds"], ref["values"], strict=True))
-        keys = sorted(a)
-        return [a[k] for k in keys], [b[k] for k in keys], True
-    return list(ours["values"]), list(ref["values"]), False
+def run_flags(report: StudyReport) -> list[dict[str, Any]]:
+    """Per arm (not the no-pre-training row): its held-out curve still falling at the end (the slope of its last
+    two evaluations, as the relative change over a tenth of the run's tokens, median over seeds), fewer than
+    MIN_UPDATES updates, a training input packed unlike the common held-out set."""
+    runs = report.tidy.drop_duplicates("run_dir") if len(report.tidy) else report.tidy
+    rows = []
+    for point in report.arms:
+        mine = runs[runs["point"] == point] if len(runs) else runs
+        if not len(mine):
+            continue
+        slopes = [s for s in (last_tenth_change(Path(d)) for d in mine["run_dir"]) if s is not None]
+        if slopes and -float(np.median(slopes)) > FALLING:
+            rows.append({"point": point, "kind": "still falling", "columns": "all",
+                         "short": f"{point}'s curve still falling",
+                         "flag": f"{point}: held-out perplexity still falling at the end "
+                                 f"({100 * float(np.median(slopes)):+.1f}% over the last tenth of training, median "
+                                 "over seeds): more updates could reorder it"})
+        steps = mine["steps"].dropna() if "steps" in mine else []
+        if len(steps) and float(np.median(steps)) < MIN_UPDATES:
+            rows.append({"point": point, "kind": "few updates", "columns": "all",
+                         "short": f"{point}: {int(np.median(steps))} updates",
+                         "flag": f"{point}: {int(np.median(steps))} updates (fewer than {MIN_UPDATES})"})
+        packing = mine["data.packing"].iloc[0] if "data.packing" in mine else None
+        nsp = bool(mine["data.nsp"].iloc[0]) if "data.nsp" in mine else False
+        if packing and (packing != COMMON_PACKING or nsp):
+            rows.append({"point": point, "kind": "held-out packing", "columns": "heldout",
+                         "short": f"held-out set packed unlike {point}'s input",
+                         "flag": f"{point} trains on {packing}{' with NSP' if nsp else ''}; the common held-out set "
+                                 f"is packed as {COMMON_PACKING} without NSP"})
+    return rows
+
+
+def last_tenth_change(run_dir: Path) -> float | None:
+    """The relative change of a run's held-out perplexity over the last tenth of its tokens, from the slope between
+    its last two evaluations (None: fewer than two)."""
+    from harness.runs import read_curves
+
+    try:
+        curves = read_curves(run_dir)
+    except (OSError, ValueError):
+        return None
+    if not len(curves) or "common_val/ppl" not in curves or "train/tokens_seen" not in curves:
+        return None
+    tokens = curves["train/tokens_seen"].ffill()
+    keep = curves["common_val/ppl"].notna() & tokens.notna()
+    points = sorted(zip(tokens[keep], curves["common_val/ppl"][keep], strict=True))
+    if len(points) < 2 or points[-1][0] <= points[-2][0] or points[-1][1] <= 0:
+        return None
+    (t0, v0), (t1, v1) = points[-2], points[-1]
+    return float((v1 - v0) / (t1 - t0) * 0.1 * t1 / v1)
+
+
+def _pair_flags(report: StudyReport, point: str, reference: str, column: str) -> list[str]:
+    """What qualifies point vs reference on `column`: either arm's run flags, unequal tokens (beyond 5%), a best
+    fine-tuning lr on the grid's edge (a grid of more than one lr), perplexities of different tokenizers."""
+    flags = [row["short"] for row in (report.flags or []) if row["point"] in (point, reference)
+             and (row["columns"] == "all" or column in (HELDOUT_COLUMN, *HELDOUT))]
+    tokens = _tokens(report.tidy)
+    t_ours, t_ref = tokens.get(point), tokens.get(reference)
+    if t_ours and t_ref and abs(t_ours - t_ref) > COMPUTE_TOLERANCE * max(t_ours, t_ref):
+        flags.append(f"not compute-matched ({int(t_ours):,} vs {int(t_ref):,} tokens seen)")
+    cells = report.cells.set_index(["point", "column"])
+    ours_column = "bpc" if column == HELDOUT_COLUMN else column
+    if (point, ours_column) in cells.index and any(bool(cells.loc[(p, ours_column)]["lr_on_edge"])
+                                                   for p in (point, reference)):
+        flags.append("best fine-tuning lr on the grid's edge")
+    vocabularies = _vocabularies(report.tidy)
+    if column == "ppl" and vocabularies.get(point) != vocabularies.get(reference):
+        flags.append("different tokenizers: perplexities do not compare, bits per character do")
+    return flags
 
 
 def _tokens(tidy: Any) -> dict[str, float]:

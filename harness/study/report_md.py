@@ -14,13 +14,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from harness.study.claims import ALPHA
+from harness.study.multibootstrap import FEW_SEEDS
 from harness.study.report import (
     LOWER_IS_BETTER,
     ReportError,
     StudyReport,
     build_report,
     find_studies,
-    paper_orderings,
     paper_row,
 )
 
@@ -62,17 +63,18 @@ def write_study(report: StudyReport, target: Path, command: str | None = None) -
 
 
 def cell_text(cell: Any) -> str:
-    """'median [min-max] n=k/expected', or 'missing (0/expected)'."""
+    """'mean [min-max] n=k/expected' over pre-training seeds (the range, not an interval), or 'missing'."""
     if not cell["n"]:
         return f"missing (0/{cell['expected']})"
-    text = f"{_num(cell['median'])} [{_num(cell['min'])}-{_num(cell['max'])}]" if cell["n"] > 1 \
-        else _num(cell["median"])
+    text = f"{_num(cell['mean'])} [{_num(cell['min'])}-{_num(cell['max'])}]" if cell["n"] > 1 \
+        else _num(cell["mean"])
     return f"{text} n={cell['n']}/{cell['expected']}" + (" (lr on grid edge)" if cell["lr_on_edge"] else "")
 
 
 def markdown_table(report: StudyReport) -> str:
     """Rows = scientific points (the no-pre-training baseline last), then the trivial predictor; columns = tasks,
-    ppl, bpc: each the median over seeds [min-max] with n. A column without pre-training signal is marked."""
+    ppl, bpc: each the mean over pre-training seeds [their range] with n. A column without pre-training signal is
+    marked."""
     cells = report.cells.set_index(["point", "column"])
     quiet = set(no_signal_columns(report))
     head = ["point", *(f"{c} (no signal)" if c in quiet else c for c in report.columns)]
@@ -98,25 +100,31 @@ def signal_markdown(report: StudyReport) -> str:
     """Per column: the trivial predictor, the no-pre-training row and the best arm, and whether pre-training
     shows beyond the seeds' noise; then one plain line per column that carries no signal."""
     if report.signal is None or not len(report.signal):
-        return ("(no no-pre-training row in this study: set `baselines: {no_pretraining: true}` in its grid to tell "
-                "what pre-training adds)")
-    head = ["column", "trivial predictor", "no pre-training (median)", "best arm (median)",
-            "arms beating no pre-training (95%)", "verdict"]
+        return ("(no no-pre-training row and no trivial predictor in this study: set `baselines: {no_pretraining: "
+                "true}` in its grid to tell what pre-training adds)")
+    head = ["column", "trivial predictor", "no pre-training (mean)", "best arm (mean)",
+            "arms beating no pre-training (95%)", "arms above the trivial predictor (95%)", "verdict"]
     lines = [_md_row(head), _md_row(["---"] * len(head))]
     words = []
     for row in report.signal.to_dict("records"):
         lines.append(_md_row([row["column"], _trivial_text(report, row["column"]), _num(row["no_pretraining"]),
-                              _num(row["best_arm"]), row["arms_beating_baseline"] or "none", row["signal"]]))
+                              _num(row["best_arm"]), row["arms_beating_baseline"] or "none",
+                              row["arms_above_trivial"] or ("none" if row["trivial"] is not None else ""),
+                              row["signal"]]))
         if row["signal"] == "no signal":
-            words.append(f"**{row['column']} carries no pre-training signal at this scale**: no arm beats the "
-                         "no-pre-training row beyond the seeds' noise, so its differences between arms say nothing "
-                         "about the recipes.")
+            words.append(f"**{row['column']} carries no pre-training signal at this scale**: no arm beats "
+                         + ("the no-pre-training row and the trivial predictor" if row["trivial"] is not None
+                            and report.baseline else "the no-pre-training row" if report.baseline
+                            else "the trivial predictor")
+                         + " beyond the seeds' noise, so its differences between arms say nothing about the recipes.")
         elif row["signal"] == "cannot tell":
             words.append(f"{row['column']}: one pre-training run per arm, so whether pre-training shows cannot be "
                          "judged.")
-    notes = ["", "An arm beats the no-pre-training row when the 95% paired t interval of their seed-level differences "
-             "(each pre-training seed's mean over its fine-tuning seeds, paired by pre-training seed) excludes zero on "
-             "the better side; with one shared seed it cannot be judged. The trivial predictor is fitted on the "
+    notes = ["", "An arm beats the no-pre-training row when the 95% interval of their paired difference (over the "
+             "pre-training seeds both have, with the evaluation examples resampled where per-example outputs exist; "
+             "see the claims' notes) lies above zero on the better side. It is above the trivial predictor when the "
+             "one-sided t test of its pre-training seeds' values against the trivial score passes at 2.5%. A column "
+             "has signal when some arm passes both (each where it applies). The trivial predictor is fitted on the "
              "training labels the trials use and scored on dev (majority class, or the best constant)."]
     return "\n".join([*lines, *notes, "", *(f"- {w}" for w in words)])
 
@@ -150,58 +158,84 @@ def paper_markdown(report: StudyReport) -> str:
 
 
 def comparison_markdown(report: StudyReport) -> str:
-    """One table of differences from the reference, then one plain-words line per comparison."""
+    """Each arm's difference from the reference per column, as description (the verdicts are the claims')."""
     if not len(report.comparisons):
-        return "(no comparisons: one point only)"
-    head = ["point", "column", "ours (95% CI)", "paper", "same sign", "verdict", "flags"]
+        return "(no comparisons: one arm only)"
+    head = ["point", "column", "ours: mean difference [95% interval]", "P(diff <= 0)", "paper", "same sign",
+            "seeds x examples", "flags"]
     lines = [_md_row(head), _md_row(["---"] * len(head))]
     words = []
     for row in report.comparisons.to_dict("records"):
-        if row["diff"] is None or _missing(row["diff"]):
-            lines.append(_md_row([row["point"], row["column"], "missing", "", "", "missing", ""]))
+        if _missing(row.get("diff")):
+            lines.append(_md_row([row["point"], row["column"], "missing", "", "", "", "", ""]))
             continue
-        flags = _flags(row)
         agree = {True: "yes", False: "no"}.get(row.get("agree"), "")
-        lines.append(_md_row([row["point"], row["column"], f"{_signed(row['diff'])} [{_signed(row['ci_low'])}, "
-                              f"{_signed(row['ci_high'])}]", _signed(row.get("paper_diff")), agree, row["verdict"],
-                              "; ".join(flags)]))
-        words.append(_sentence(report, row, flags))
-    return "\n".join([*lines, "", *(f"- {w}" for w in words)])
+        lines.append(_md_row([row["point"], row["column"], _interval(row["diff"], row.get("ci_low"),
+                                                                     row.get("ci_high")),
+                              _num(row.get("p_not_above")) if row.get("judged") else "",
+                              _signed(row.get("paper_diff")), agree, _design(row), row.get("flags") or ""]))
+        words.append(_sentence(report, row))
+    notes = ["", "Description, not verdicts: the paper's claims are judged below, with a correction for testing "
+             "many. Intervals: see the claims' notes; \"seeds alone\" where the runs have no per-example outputs."]
+    return "\n".join([*lines, *notes, "", *(f"- {w}" for w in words)])
 
 
-def orderings_markdown(report: StudyReport) -> str:
-    """The paper's orderings tested at this scale: one row per (ordered pair, column), then one count per column."""
-    from collections import Counter
-
-    rows = paper_orderings(report)
-    if not rows:
-        return "(no published rows to order for this study)"
-    head = ["the paper finds", "column", "paper's basis", "ours: better - worse (95% CI)", "n", "verdict"]
+def claims_markdown(report: StudyReport) -> str:
+    """The paper's stated claims tested at this scale: one row per (claim, column), then a line per claim."""
+    claims = report.claims
+    if claims is None or not len(claims):
+        return "(the paper states no claim about this study's arms: nothing is judged, the tables describe)"
+    head = ["claim", "column", "ours: difference [95% interval]", "smallest effect", "paper", "seeds x examples",
+            "verdict", "flags"]
     lines = [_md_row(head), _md_row(["---"] * len(head))]
-    counts: dict[str, Counter] = {column: Counter() for column in report.columns}
-    for row in rows:
-        if row.get("margin") is None:
-            margin = ""
-        else:
-            margin = f"{_signed(row['margin'])} [{_signed(row['ci_low'])}, {_signed(row['ci_high'])}]"
-        pair = (f"{row['better']} vs {row['worse']}" if row["verdict"] == "the paper ties"
-                else f"{row['better']} over {row['worse']}")
-        lines.append(_md_row([pair, row["column"], row["basis"], margin,
-                              str(row.get("n", "")), row["verdict"]]))
-        counts[row["column"]][row["verdict"]] += 1
-    verdicts = ("reproduces", "contradicts", "cannot tell")
-    quiet = set(no_signal_columns(report))
-    summary = [f"- {column}: " + ", ".join(f"{word} {tally[word]}" for word in verdicts)
-               + "".join(f", {word} {n}" for word, n in tally.items() if word not in verdicts)
-               + f" (of {sum(tally.values())})"
-               + (" - no pre-training signal in this column at this scale: its verdicts say nothing about the recipes"
-                  if column in quiet else "") for column, tally in counts.items()]
-    notes = ["", "Positive margins go the paper's way (for ppl and bpc, lower is better). Reproduces / contradicts: "
-             "the 95% bootstrap interval over seeds excludes zero on the paper's / the other side; cannot tell: it "
-             "holds zero, or one pre-training run per arm. The paper's basis: \"this column\", the paper reports it; "
-             "\"its held-out ppl\", its perplexity (Table 3) ordering, for our held-out columns; \"its task "
-             "average\", the sign of its mean difference over the tasks it reports, for columns it does not report."]
-    return "\n".join([*lines, *notes, "", "Per column:", "", *summary])
+    for row in claims.to_dict("records"):
+        if row["verdict"] == "not run":
+            continue
+        column = row["column"] + (" (extension)" if row["extension"] else "")
+        if row["column"] == "heldout":
+            column += " (bpc)"
+        lines.append(_md_row([row["claim"], column,
+                              "" if _missing(row["diff"]) else _interval(row["diff"], row["low"], row["high"]),
+                              _num(row.get("smallest_effect")), _signed(row.get("paper_diff")), _design(row),
+                              row["verdict"], row.get("flags") or ""]))
+    summary = []
+    for claim_id, group in claims.groupby("claim", sort=False):
+        first = group.iloc[0]
+        records = group.to_dict("records")
+        tested = ", ".join(f"{r['column']}: {r['verdict']}" for r in records if r["verdict"] != "not run")
+        absent = [r["column"] for r in records if r["verdict"] == "not run"]
+        summary.append(f"- **{claim_id}** ({first['kind']}: `{first['arm']}` vs `{first['reference']}`): "
+                       f"\"{first['text']}\" - {tested or 'no column of it was run'}"
+                       + (f" (not run at this scale: {', '.join(absent)})" if absent else ""))
+    family = int(claims["family"].iloc[0]) if "family" in claims else 0
+    seeds = [int(s) for s in claims["seeds"] if s]
+    warning = []
+    if seeds and min(seeds) < FEW_SEEDS:
+        warning = ["", f"**{min(seeds)} pre-training seed{'s' if min(seeds) != 1 else ''} per arm, fewer than "
+                   f"{FEW_SEEDS}: every verdict says so.**"]
+    notes = ["", "Each difference is arm - reference, oriented so that positive is the paper's direction (for "
+             "`heldout`: lower bits per character on the common held-out set; perplexity and bits per character are "
+             "one finding). The interval: each pre-training seed is the unit (its fine-tuning seeds averaged at the "
+             "arm's best fine-tuning lr); the variance of the mean difference is the seeds' (sample variance / n) "
+             "plus what the shared draw of evaluation examples adds, estimated by the multi-bootstrap of MultiBERTs "
+             "(dev examples, held-out documents, BLiMP pairs, drawn once for both arms and every seed); a t interval "
+             "with Welch-Satterthwaite degrees of freedom (harness/study/multibootstrap.py; simulated coverage 93-97% "
+             "at 5 seeds). Verdicts: superior claims reproduce when the difference is above 0, non-inferiority "
+             "claims when it is above minus the smallest effect, equivalence claims when both one-sided tests "
+             f"against plus and minus the smallest effect pass (TOST); each one-sided test at {ALPHA} with Holm's "
+             f"correction over the {family} tests of this table; \"equivalent\": a superiority claim whose "
+             "difference is shown to be inside the smallest effect. \"no signal at this scale\": the column does "
+             "not beat the no-pre-training row or the trivial predictor, so it is not tested. An extension is a "
+             "column the paper does not report, where the claim (made of downstream tasks in general) is tested "
+             "too. The paper's column is its own difference on that column (lower ppl is better)."]
+    return "\n".join([*lines, *warning, *notes, "", *summary])
+
+
+def flags_markdown(report: StudyReport) -> str:
+    if not report.flags:
+        return "- none: every arm's held-out curve has flattened, each ran at least the minimum updates, and trains " \
+               "on the held-out set's packing"
+    return "\n".join(f"- {row['flag']}" for row in report.flags)
 
 
 def latex_table(report: StudyReport) -> str:
@@ -214,7 +248,7 @@ def latex_table(report: StudyReport) -> str:
         values = []
         for column in report.columns:
             cell = cells.loc[(point, column)]
-            values.append("--" if not cell["n"] else f"{_num(cell['median'])}$_{{[{_num(cell['min'])},"
+            values.append("--" if not cell["n"] else f"{_num(cell['mean'])}$_{{[{_num(cell['min'])},"
                           f"{_num(cell['max'])}]}}^{{n={cell['n']}}}$")
         lines.append(" & ".join([_tex(point), *values]) + " \\\\")
     return "\n".join([*lines, "\\bottomrule", "\\end{tabular}", ""])
@@ -236,13 +270,13 @@ def report_markdown(report: StudyReport, figures: list[Path], target: Path, comm
              f"- commit: {_commit(runs)}; made by: `{command or 'harness report ' + str(report.folder)}`",
              f"- wall-clock: {_wall_clock(report)}",
              f"- the sweep: `{_sweep_command(report)}`",
-             f"- reference row: `{report.reference}`; each cell: median over seeds at the best fine-tuning lr "
-             "[min-max], n = seeds present / expected", "",
+             f"- reference row: `{report.reference}`; {_cell_words(report)}", *_few_seeds_line(report), "",
              "## Our table", "", markdown_table(report), "",
              "## Does pre-training show at this scale?", "", signal_markdown(report), "",
              "## The paper", "", paper_markdown(report), "",
-             "## Differences from the reference", "", comparison_markdown(report), "",
-             "## The paper's orderings at this scale", "", orderings_markdown(report), "",
+             "## The paper's claims at this scale", "", claims_markdown(report), "",
+             "## Flags", "", flags_markdown(report), "",
+             "## Differences from the reference (description)", "", comparison_markdown(report), "",
              "## Figures", "", *(f"![{f.stem}]({f.relative_to(target).as_posix()})" for f in figures
                                  if f.suffix == ".png"), "",
              "## Missing and skipped", "", *_missing_lines(report), "",
@@ -320,7 +354,7 @@ def _duration(seconds: float) -> str:
 
 
 def _missing_lines(report: StudyReport) -> list[str]:
-    lines = [f"- {c['point']} / {c['column']}: {c['n']} of {c['expected']} seeds"
+    lines = [f"- {c['point']} / {c['column']}: {c['n']} of {c['expected']} pre-training seeds"
              for c in report.cells.to_dict("records") if c["n"] < c["expected"]]
     lines += [f"- {line}" for line in report.problems]
     if report.study.skipped_tasks:
@@ -328,27 +362,55 @@ def _missing_lines(report: StudyReport) -> list[str]:
     return lines or ["- nothing: every cell has all its seeds"]
 
 
-def _flags(row: dict[str, Any]) -> list[str]:
-    flags = []
-    if not row.get("compute_matched", True):
-        flags.append(f"not compute-matched ({int(row['tokens']):,} vs {int(row['reference_tokens']):,} tokens)")
-    if row.get("lr_on_edge"):
-        flags.append("best lr on the grid's edge")
-    if not row.get("same_tokenizer", True):
-        flags.append("different tokenizers: perplexities do not compare, bits per character do")
-    return flags
+def _cell_words(report: StudyReport) -> str:
+    """What a cell holds, as this study's grid makes it (one fine-tuning lr is not "the best")."""
+    grids = {len(p.settings.learning_rates) for p in report.study.tasks.values() if not p.zero_shot}
+    seeds = {len(p.settings.seeds) for p in report.study.tasks.values() if not p.zero_shot}
+    lr = ("the best fine-tuning lr of the grid (the best median over pre-training seeds)" if grids and max(grids) > 1
+          else "the grid's one fine-tuning lr" if grids else "")
+    within = (f"each pre-training seed's value is the mean over its {max(seeds)} fine-tuning seeds at {lr}, "
+              if seeds and max(seeds) > 1 else f"each pre-training seed's value is its score at {lr}, " if lr else "")
+    return (f"each cell: {within}the cell is their mean over pre-training seeds [their range: min-max, not an "
+            "interval], n = pre-training runs present / expected")
 
 
-def _sentence(report: StudyReport, row: dict[str, Any], flags: list[str]) -> str:
+def _few_seeds_line(report: StudyReport) -> list[str]:
+    seeds = len({r.seed for r in report.study.runs})
+    if seeds >= FEW_SEEDS:
+        return []
+    return [f"- **{seeds} pre-training seed{'s' if seeds != 1 else ''} per arm (fewer than {FEW_SEEDS})**: "
+            + ("one pre-training run per arm has no spread to judge by: nothing below is a finding" if seeds < 2
+               else "intervals on so few seeds are wide and every verdict carries this warning")]
+
+
+def _interval(diff: float, low: Any, high: Any) -> str:
+    if _missing(low) or _missing(high):
+        return f"{_signed(diff)} (no interval: one pre-training seed)"
+    return f"{_signed(diff)} [{_signed(low)}, {_signed(high)}]"
+
+
+def _design(row: dict[str, Any]) -> str:
+    if not row.get("seeds"):
+        return ""
+    examples = row.get("examples")
+    return f"{int(row['seeds'])} x {int(examples):,}" if not _missing(examples) and examples else \
+        f"{int(row['seeds'])} x seeds alone"
+
+
+def _sentence(report: StudyReport, row: dict[str, Any]) -> str:
+    """One plain line per comparison, with no verdict word: "static is above dynamic on sst2 by 0.4 (95% interval
+    -1.2 to +2.0, 5 pre-training seeds)"."""
     lower = row["column"] in LOWER_IS_BETTER
-    better = (row["diff"] < 0) == lower and row["diff"] != 0
-    relation = "beats" if better else "trails" if row["diff"] != 0 else "ties"
-    # The interval of the difference (ours - reference), stated as the sentence reads: for "by 6.9" the interval of
-    # the magnitude, so a negative difference's interval is flipped to positive numbers.
-    low, high = (row["ci_low"], row["ci_high"]) if row["diff"] >= 0 else (-row["ci_high"], -row["ci_low"])
-    text = (f"{row['point']} {relation} {report.reference} on {row['column']} by {abs(row['diff']):.4g} "
-            f"(95% CI {low:.4g} to {high:.4g}), {row['verdict']}")
-    return text + (f" ({'; '.join(flags)})" if flags else "")
+    relation = "ties with" if row["diff"] == 0 else "is below" if row["diff"] < 0 else "is above"
+    better = "" if row["diff"] == 0 else " (better)" if (row["diff"] < 0) == lower else " (worse)"
+    if row.get("judged"):
+        detail = (f"95% interval {row['ci_low']:+.4g} to {row['ci_high']:+.4g} for the difference, "
+                  f"{int(row['seeds'])} pre-training seeds")
+    else:
+        detail = "one pre-training seed: no interval"
+    text = f"{row['point']} {relation} {report.reference} on {row['column']}{better} by {abs(row['diff']):.4g} " \
+           f"({detail})"
+    return text + (f"; {row['flags']}" if row.get("flags") else "")
 
 
 def _commit(runs: Any) -> str:
