@@ -106,7 +106,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     result = sweep(args.grid, scale=args.scale, results=args.results, data_dir=args.data_dir,
                    overrides=args.overrides, tasks=tasks, workers=args.workers, dry_run=args.dry_run, only=args.only,
                    max_jobs=args.max_jobs, retry_failed=args.retry_failed, launcher=args.launcher,
-                   address=args.address)
+                   address=args.address, verbose=args.verbose)
     return result.exit_status
 
 
@@ -115,8 +115,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     status = cmd_sweep(args)
     if status == 130 or args.dry_run:  # interrupted, or nothing ran: no report to write
         return status
+    from harness.report.report_md import write_report
     from harness.study import load_grid
-    from harness.study.report_md import write_report
 
     experiment = load_grid(args.grid, args.scale, args.overrides, check_data=False).experiment
     try:
@@ -132,7 +132,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Rebuild each study's report from its run directories; bad input is one line each, the rest is written."""
-    from harness.study.report_md import write_report
+    from harness.report.report_md import write_report
 
     command = " ".join(["harness report", str(args.results)] + (["--study", args.study] if args.study else [])
                        + (["--out", str(args.out)] if args.out else []))
@@ -198,6 +198,8 @@ def _sweep_args(command: argparse.ArgumentParser, grid: Path | None = None) -> N
     command.add_argument("--max-jobs", type=int, help="run at most N jobs, then stop")
     command.add_argument("--dry-run", action="store_true", help="print the plan and the jobs to run; run nothing")
     command.add_argument("--retry-failed", action="store_true", help="run failed jobs again")
+    command.add_argument("--verbose", action="store_true", help="show each job's own console lines (Lightning, "
+                         "wandb, warnings) here too; without it they go to the job directory's console.log")
 
 
 def _inspect_args(command: argparse.ArgumentParser) -> None:

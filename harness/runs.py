@@ -36,6 +36,7 @@ CONFIG_FILE = "config.yaml"
 TRIAL_CONFIG_FILE = "config.json"  # fine-tuning trials: settings, task and resolved data figures
 RECORD_CONFIG_FILES = (CONFIG_FILE, TRIAL_CONFIG_FILE)
 FAILED_FILE = "failed.json"
+CONSOLE_FILE = "console.log"  # a sweep job's own console lines (Lightning, wandb, warnings); see harness.study.worker
 ENV_FILE = "env.json"
 REFUSED = "refused"  # the status of a relaunch stopped before training (check_run_data)
 FINAL_METRICS_FILE = "final_metrics.json"
@@ -176,8 +177,9 @@ def open_record(path: Path, config_file: str, config_text: str, outcome: dict[st
 
 def _refuse_unknown_contents(path: Path, config_file: str) -> None:
     # The config is written atomically first, so a directory with files but no config is not one of ours
-    # (failed.json aside: a job may fail before its config is known, e.g. while loading its data).
-    if path.is_dir() and any(p.name != FAILED_FILE for p in path.iterdir()):
+    # (failed.json aside: a job may fail before its config is known, e.g. while loading its data; console.log: a
+    # sweep worker opens it before the job writes its config).
+    if path.is_dir() and any(p.name not in (FAILED_FILE, CONSOLE_FILE) for p in path.iterdir()):
         raise RunDirError(f"run directory {path} has files but no {config_file}; move it away or delete it")
 
 

@@ -1,4 +1,4 @@
-"""The paper's claims (harness/study/paper_claims.yaml) and their verdicts: the file parses and names what exists,
+"""The paper's claims (harness/report/paper_claims.yaml) and their verdicts: the file parses and names what exists,
 the verdict of each kind of claim on hand-made differences, Holm's correction by hand, the rate of "reproduces"
 under no effect on simulated tables, and a report's claims on hand-made cells (a NaN score, a column without
 signal, a column not run)."""
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.study.claims import (
+from harness.report.claims import (
     CLAIMS_FILE,
     ClaimsError,
     decide,
@@ -23,9 +23,9 @@ from harness.study.claims import (
     smallest_effect,
     verdict_text,
 )
+from harness.report.multibootstrap import Comparison, compare, ratio_scores
+from harness.report.report import claim_rows, load_paper_tables, published_difference
 from harness.study.grid import load_grid
-from harness.study.multibootstrap import Comparison, compare, ratio_scores
-from harness.study.report import claim_rows, load_paper_tables, published_difference
 from harness.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]

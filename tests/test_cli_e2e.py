@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -145,6 +146,35 @@ def test_quickstart_runs_a_grid_file(workspace, shared_data, pretrained):
     run = next((workspace / "results" / "e2e-study" / "runs").glob("bert-arm-s0__*"))
     assert load_config(run / "config.yaml").recipe == "bert"
     assert (run / FINAL_METRICS_FILE).is_file()
+    # A quiet console: the plan, a line per job, the table; the jobs' own lines (Lightning, wandb, warnings) are in
+    # each job's console.log
+    job_lines = result.stderr.strip().splitlines()
+    assert len(job_lines) == 2 and job_lines[0].startswith("[1/2] done pretrain/bert-arm-s0 in "), result.stderr
+    assert job_lines[1].startswith("[2/2] done finetune/bert-arm-s0/sst2/"), result.stderr
+    assert not any(word in result.stdout + result.stderr for word in ("wandb", "GPU available", "Warning", "%|"))
+    assert "tokenizing: 100%" in (run / "console.log").read_text()  # datasets' progress bars, kept
+
+
+def test_a_jobs_console_goes_to_its_log_unless_verbose(tmp_path, capfd):
+    """Output of the job's process and of the processes it starts (file descriptors 1 and 2) goes to console.log;
+    the sweep's console gets it back when the job ends; with verbose nothing is redirected."""
+    import os
+    import sys
+
+    from harness.study.worker import job_console
+
+    with job_console(tmp_path / "job", verbose=False):
+        print("from python", flush=True)
+        print("to stderr", file=sys.stderr, flush=True)
+        os.system("echo from a subprocess")
+    print("after the job", flush=True)
+    with job_console(tmp_path / "loud", verbose=True):
+        print("verbose job", flush=True)
+    captured = capfd.readouterr()
+    log = (tmp_path / "job" / "console.log").read_text()
+    assert log.splitlines() == ["from python", "to stderr", "from a subprocess"]
+    assert captured.out == "after the job\nverbose job\n" and captured.err == ""
+    assert not (tmp_path / "loud").exists()
 
 
 @pytest.mark.parametrize("args,field", [(["--set", "data.packing=nope"], "data.packing"),
@@ -176,3 +206,21 @@ def test_each_recipe_with_the_tiny_preset_learns_on_reuters(recipe, workspace, s
     loss = read_curves(run)["train/mlm_loss"].dropna()
     assert len(loss) == 30
     assert loss.iloc[-5:].mean() < loss.iloc[:5].mean() - 0.5, loss.tolist()
+
+
+@pytest.mark.slow
+def test_the_shipped_quickstart_runs_at_its_smoke_scale(workspace, shared_data):
+    """The README's quickstart grid itself, for real, at its smoke scale: every job of both recipes and the
+    no-pre-training row runs, the report is written with its BLiMP column and baseline row, and the console holds
+    the plan, one line per job, the table and the report's path (wandb's and Lightning's lines are in the jobs'
+    console.log files)."""
+    grid = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.yaml"
+    result = succeeded(harness("quickstart", "--grid", grid, "--scale", "smoke", "--data-dir", shared_data,
+                               "--results", workspace / "smoke", cache=workspace / "cache", timeout=1200))
+    report = workspace / "smoke" / "quickstart-smoke" / "report" / "report.md"
+    assert result.stdout.strip().splitlines()[-1] == f"report: {report}"
+    text = report.read_text()
+    assert "| no_pretraining (baseline) |" in text and "blimp" in text and "## The paper's claims" in text
+    jobs = [line for line in result.stderr.splitlines() if line.strip()]
+    assert jobs and all(re.match(r"\[\d+/\d+\] done \S+ in \S+$", line) for line in jobs), result.stderr[-2000:]
+    assert "wandb" not in result.stdout + result.stderr

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from harness.config import (
     PRESETS,
@@ -15,6 +18,8 @@ from harness.config import (
     read_yaml,
     write_yaml,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
@@ -120,6 +125,43 @@ def test_config_file_errors_name_the_file(tmp_path):
 
 
 def test_config_is_frozen():
+    """Every section and the root refuse assignment: a config never changes after validation (the run id of a
+    mutated config would name other settings than the run used)."""
     config = RunConfig()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="Instance is frozen") as err:
         config.data.mask_prob = 0.2  # type: ignore[misc]
+    assert [(e["type"], e["loc"]) for e in err.value.errors()] == [("frozen_instance", ("mask_prob",))]
+    with pytest.raises(ValidationError, match="Instance is frozen"):
+        config.seed = 3  # type: ignore[misc]
+    assert config.data.mask_prob == 0.15 and config.seed == 0
+
+
+# ---- the shipped run configs against the shared data ------------------------------------------------------------
+RUN_CONFIGS = sorted((REPO / "experiments" / "configs").glob("*.yaml"))
+
+
+def shipped_checksums(shared_data: Path) -> dict[str, str]:
+    """SHA256SUMS of the shared data: relative path -> SHA-256 (hex)."""
+    lines = (shared_data / "SHA256SUMS").read_text(encoding="utf-8").splitlines()
+    return {name.removeprefix("./"): digest for digest, name in (line.split(maxsplit=1) for line in lines)}
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.name)
+def test_every_run_config_finds_its_data(path, shared_data):
+    """Each experiments/configs/*.yaml (a grid's base config) names a corpus that is in the shared data, byte for
+    byte the shipped file (its SHA-256 in SHA256SUMS), in the layout the config declares."""
+    from harness.data.documents import read_lines, source_identity, split_wikitext_articles
+    from harness.paths import resolve_data_path
+
+    config = load_config(path)
+    corpus = config.corpus
+    assert corpus.hub is None and corpus.path and not Path(corpus.path).is_absolute(), corpus
+    identity = source_identity(corpus, shared_data, corpus.encoding_errors)  # resolves the path, checks the layout
+    [(_, size, digest)] = identity["files"]
+    assert shipped_checksums(shared_data)[corpus.path][:16] == digest and size > 0, (corpus.path, digest)
+    if corpus.layout == "wikitext":
+        file = resolve_data_path(corpus.path, shared_data)
+        articles = split_wikitext_articles(read_lines(file, corpus.encoding_errors))
+        title, text = next(articles)
+        assert title and text.strip(), (title, text[:80])
+    assert config.tokenizer.path is None  # a saved tokenizer would be a second data path to check here

@@ -1,19 +1,26 @@
 """Corpora: the three local layouts and the hub path, sentence segmentation, the held-out split, the two-stage
-cache (segments apart from tokens) and the one-line errors for bad input."""
+cache (segments apart from tokens, each entry built by one process at a time) and the one-line errors for bad input."""
 
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from harness.cli import main
 from harness.config import ConfigError, HarnessError, from_dict
 from harness.data import corpus as corpus_module
 from harness.data import documents as documents_module
 from harness.data import segment as segment_module
+from harness.data.cache import build_lock, lock_path
 from harness.data.corpus import CacheHits, build_corpus, split_stats
 from harness.data.documents import CorpusError, load_documents, split_wikitext_articles, validation_mask
 from harness.data.segment import segment_text, split_paragraphs
@@ -242,6 +249,79 @@ def test_the_cache_follows_the_corpus_bytes_not_where_or_when_they_were_written(
     edited = build_corpus(at_moved)
     assert not edited.cache_hits.tokenizer and not edited.from_cache and edited.corpus_digest != cold.corpus_digest
     assert reads[0] == 1  # only the changed file is read again
+
+
+def _corpus_process(cache: Path, shared_data: Path, documents: int) -> subprocess.Popen:
+    """`harness corpus` in a process of its own, as a sweep worker runs it."""
+    args = ["--set", "corpus.layout=jsonl", "--set", "corpus.path=corpora/reuters.jsonl",
+            "--set", f"corpus.max_documents={documents}", "--set", "tokenizer.vocab_size=1000",
+            "--set", f"impl.cache_dir={cache}", "--data-dir", str(shared_data)]
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", "corpus", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+
+
+def test_two_processes_that_need_the_same_corpus_build_it_once(shared_data, tmp_path):
+    """Two processes started together on a cold cache: each stage is built by one of them and read by the other
+    (without the entry locks both build every stage: each reports every stage as not from the cache)."""
+    processes = [_corpus_process(tmp_path / "cache", shared_data, documents=200) for _ in range(2)]
+    outputs = [process.communicate(timeout=120) for process in processes]
+    for process, (_, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, err[-3000:]
+    first, second = (json.loads(out) for out, _ in outputs)
+    for stage in ("tokenizer_from_cache", "segments_from_cache", "loaded_from_cache"):
+        assert [first[stage], second[stage]].count(False) == 1, (stage, first[stage], second[stage])
+    same = ("corpus_digest", "cache_dir", "tokenizer_dir", "train", "validation", "vocab_size")
+    assert {k: first[k] for k in same} == {k: second[k] for k in same}
+    for _, err in outputs:  # a waiting process says so once per entry it waits for
+        waits = [line for line in err.splitlines() if "waiting for another process building" in line]
+        assert len(waits) == len(set(waits)), waits
+
+
+def _blocked_until_logged(entry: Path, caplog: pytest.LogCaptureFixture) -> tuple[threading.Thread, list[bool]]:
+    """Enter build_lock(entry) in a thread; return once it has said it waits."""
+    entered: list[bool] = []
+
+    def enter() -> None:
+        with build_lock(entry) as cached:
+            entered.append(cached)
+
+    thread = threading.Thread(target=enter, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while "waiting for another process building" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return thread, entered
+
+
+def test_a_waiting_builder_says_so_once_then_reads_what_the_holder_built(tmp_path, caplog):
+    entry = tmp_path / "segments" / "0123abcd"
+    entry.parent.mkdir()
+    holder = FileLock(lock_path(entry))
+    holder.acquire()
+    thread, entered = _blocked_until_logged(entry, caplog)
+    assert thread.is_alive() and entered == []
+    entry.mkdir()  # the holder publishes, then lets go
+    holder.release()
+    thread.join(10)
+    assert entered == [True]  # re-checked after the wait: nothing is built again
+    assert caplog.text.count("waiting for another process building") == 1 and str(entry) in caplog.text
+
+
+def test_a_lock_left_by_a_killed_process_does_not_block_the_next_build(tmp_path, caplog):
+    entry = tmp_path / "corpora" / "0123abcd"
+    entry.parent.mkdir()
+    hold = ("import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); "
+            "print('held', flush=True); time.sleep(120)")
+    killed = subprocess.Popen([sys.executable, "-c", hold, str(lock_path(entry))], stdout=subprocess.PIPE, text=True)
+    try:
+        assert killed.stdout.readline().strip() == "held"
+        thread, entered = _blocked_until_logged(entry, caplog)
+        assert thread.is_alive() and entered == []
+    finally:
+        killed.kill()  # SIGKILL: no clean-up runs, the OS drops the lock
+        killed.wait()
+    thread.join(10)
+    assert entered == [False] and lock_path(entry).exists()
 
 
 def test_wikitext_build_keeps_document_boundaries(shared_data, tmp_path):

@@ -95,6 +95,7 @@ def runs(env, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # two processes under DDP, three runs: about a minute on 2 cores
 def test_two_processes_train_the_one_process_run(runs):
     one, two = _run_path(runs / "one", SETTINGS), _run_path(runs / "two", SETTINGS + DDP)
     assert one.name == two.name  # impl is not part of the run's identity
@@ -112,6 +113,7 @@ def test_two_processes_train_the_one_process_run(runs):
     assert [p.name for p in (two / "logs").iterdir()] == ["launch-0"]
 
 
+@pytest.mark.slow  # two processes under DDP, three runs: about a minute on 2 cores
 def test_ranks_split_every_update_without_overlap(runs):
     single = _examples(runs / "one-record", 0)
     ranks = [_examples(runs / "two-record", r) for r in (0, 1)]
@@ -122,6 +124,7 @@ def test_ranks_split_every_update_without_overlap(runs):
         assert sorted(share0 + share1) == sorted(examples), f"update {step}: not the 1-process update's examples"
 
 
+@pytest.mark.slow  # two processes under DDP, three runs: about a minute on 2 cores
 def test_a_killed_two_node_run_resumes_on_one_node_under_ddp(runs, env, tmp_path):
     """Started on 2 nodes of 1 process (impl.num_nodes=2, two torchrun agents) and killed at update 6 (checkpoint
     at 4), relaunched with `harness pretrain` on 1 node of 2 processes (Lightning's launcher): it resumes the same

@@ -1,4 +1,4 @@
-"""Per-example evidence (harness.study.evidence): each task metric recomputed from weighted sums equals the metric
+"""Per-example evidence (harness.report.evidence): each task metric recomputed from weighted sums equals the metric
 computed on the resampled examples directly (the harness's own torchmetrics collection), BLiMP's score is the mean
 over paradigms, held-out bits per character is a ratio of sums over documents, and a run without per-example files
 falls back to the seeds alone."""
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from harness.downstream.metrics import compute_percent, glue_metrics
-from harness.study.evidence import blimp_scores, compare_cells, heldout_scores, task_scores
+from harness.report.evidence import blimp_scores, compare_cells, heldout_scores, task_scores
 from harness.tasks import get_task
 
 

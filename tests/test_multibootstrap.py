@@ -1,4 +1,4 @@
-"""The intervals of harness.study.multibootstrap on simulated studies with known answers: coverage of the true
+"""The intervals of harness.report.multibootstrap on simulated studies with known answers: coverage of the true
 difference, the seeds-alone fallback, pairing, and why few seeds need the t interval."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.study.multibootstrap import (
+from harness.report.multibootstrap import (
     compare,
     example_counts,
     metric_scores,

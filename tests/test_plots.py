@@ -19,8 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.collections import PathCollection, PolyCollection  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
-from harness.study import plots  # noqa: E402
-from harness.study.report import _cell as report_cell  # noqa: E402
+from harness.report import plots  # noqa: E402
+from harness.report.report import _cell as report_cell  # noqa: E402
 
 ARMS = ["full_sentences", "doc_sentences", "segment_pair", "no_pretraining"]
 TASKS = ["sst2", "mnli", "cola", "blimp"]
@@ -31,7 +31,7 @@ PPL = {"full_sentences": 21.0, "doc_sentences": 23.5, "segment_pair": 27.0, "no_
 
 
 def _cell(point: str, column: str, seeds: list[tuple], values: list[float]) -> dict:
-    """A cell as the report makes it (harness.study.report._cell): per pre-training seed, its trials averaged."""
+    """A cell as the report makes it (harness.report.report._cell): per pre-training seed, its trials averaged."""
     rows = pd.DataFrame([{"score": v, "pretrain_seed": s, "finetune_seed": f, "job_dir": None}
                          for (s, f), v in zip(seeds, values, strict=True)])
     return report_cell(point, column, rows, len({s for s, _ in seeds}))

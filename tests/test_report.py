@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from harness.cli import main
+from harness.report.report import STUDY_FILE, ReportError, build_report, find_studies, load_paper_tables
+from harness.report.report_md import write_report
+from harness.report.stats import same_sign, spread
 from harness.study import sweep
-from harness.study.report import STUDY_FILE, ReportError, build_report, find_studies, load_paper_tables
-from harness.study.report_md import write_report
-from harness.study.stats import same_sign, spread
 
 TINY = {"corpus.path": "corpora/wikitext-2-raw/wiki.valid.raw", "corpus.max_documents": 12,
         "corpus.validation_fraction": 0.25, "tokenizer.vocab_size": 1000, "data.max_seq_length": 64,
@@ -73,7 +73,7 @@ def test_cells_and_the_comparison_match_a_hand_computation(results):
     pre-training runs, and the comparison has a difference but no interval (fine-tuning seeds of one pre-trained
     model are not replicates). The per-example scores recomputed from dev_predictions.csv and
     heldout_documents.csv equal what the runs recorded."""
-    from harness.study.evidence import heldout_scores, task_scores
+    from harness.report.evidence import heldout_scores, task_scores
 
     folder = results / "tiny_report"
     report = build_report(folder)
@@ -215,7 +215,7 @@ def test_quickstart_ends_with_the_report(results, capsys):
 def test_the_best_learning_rate_is_the_best_median_and_an_edge_is_flagged():
     import pandas as pd
 
-    from harness.study.report import _task_cell
+    from harness.report.report import _task_cell
 
     rows = [{"point": "a", "task": "sst2", "pretrain_nuisance": "-", "finetune_lr": lr, "pretrain_seed": seed,
              "finetune_seed": 0, "score": score, "job_dir": f"trial-{lr}-{seed}"}
@@ -238,7 +238,7 @@ def test_a_nan_score_never_enters_a_seed_value():
     with no finite score is missing (it made a cell, and a verdict, NaN)."""
     import pandas as pd
 
-    from harness.study.report import _task_cell
+    from harness.report.report import _task_cell
 
     frame = pd.DataFrame([{"pretrain_nuisance": "-", "finetune_lr": 1e-3, "pretrain_seed": seed, "finetune_seed": ft,
                            "score": score, "job_dir": "x"}
@@ -253,7 +253,7 @@ def test_comparisons_at_unequal_tokens_or_an_edge_lr_are_flagged():
 
     import pandas as pd
 
-    from harness.study.report import _pair_flags
+    from harness.report.report import _pair_flags
 
     tidy = pd.DataFrame([{"point": "a", "run_dir": "a0", "tokens_seen": 1_000_000},
                          {"point": "b", "run_dir": "b0", "tokens_seen": 800_000}])
@@ -270,7 +270,7 @@ def test_comparisons_at_unequal_tokens_or_an_edge_lr_are_flagged():
 def test_a_curve_still_falling_is_flagged(tmp_path):
     """Held-out perplexity 110 at 900 tokens and 100 at 1000: over a tenth of the run (100 tokens) it fell 10% of
     its last value, so the run is still falling; 100.5 -> 100 is 0.5%, flat enough."""
-    from harness.study.report import last_tenth_change
+    from harness.report.report import last_tenth_change
 
     for name, previous, expected in (("falling", 110.0, -0.1), ("flat", 100.5, -0.005)):
         logs = tmp_path / name / "logs" / "launch-0"
@@ -286,7 +286,7 @@ def test_perplexity_across_tokenizers_is_flagged():
     vocabularies, so the comparison says only bits per character compare."""
     import pandas as pd
 
-    from harness.study.report import _vocabularies
+    from harness.report.report import _vocabularies
 
     tidy = pd.DataFrame([{"point": "bert", "tokenizer.kind": "wordpiece", "tokenizer.vocab_size": 8192},
                          {"point": "roberta", "tokenizer.kind": "bpe", "tokenizer.vocab_size": 8192},
@@ -302,7 +302,7 @@ def test_a_tuned_pretraining_lr_gives_an_lr_by_batch_size_heat_map():
 
     import pandas as pd
 
-    from harness.study.plots import lr_batch_figure
+    from harness.report.plots import lr_batch_figure
 
     rows = [{"run_dir": f"r{i}", "optim.peak_lr": lr, "optim.batch_size": batch, "common_val_ppl": ppl}
             for i, (lr, batch, ppl) in enumerate([(1e-3, 8, 10.0), (1e-3, 8, 14.0), (1e-3, 64, 9.0),
@@ -321,8 +321,8 @@ def test_the_papers_claims_are_judged_through_the_report(results):
     one pre-training run per arm."""
     import dataclasses
 
-    from harness.study.report import claim_rows
-    from harness.study.report_md import claims_markdown
+    from harness.report.report import claim_rows
+    from harness.report.report_md import claims_markdown
 
     report = build_report(results / "tiny_report")
     report.study = dataclasses.replace(report.study, name="table1_masking")

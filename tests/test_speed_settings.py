@@ -144,6 +144,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+@pytest.mark.slow  # times the allocator on large tensors: about 20 s
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
 def test_allocator_reuse_spares_the_page_faults_of_every_fresh_tensor(shared_data, tmp_path):
     """mallopt is process-wide and cannot be undone, so each setting runs `pretrain` in a child process, which then
@@ -156,3 +157,43 @@ def test_allocator_reuse_spares_the_page_faults_of_every_fresh_tensor(shared_dat
         faults[mode] = int(out.stdout.strip().splitlines()[-1])
     assert faults["system"] > 20 * 16_000  # 16,384 pages of 4 KiB per tensor
     assert faults["reuse"] < 2 * 16_384  # at most the first tensor's pages
+
+
+# ---- impl.precision auto: which CPUs count as fast at bf16 -------------------------------------------------------
+# cpu_has_fast_bf16 asks torch's two CPU probes (cpuinfo's CPUID reading); here each probe answers from a hand-made
+# set of /proc/cpuinfo flag names. AMX counts by its tile flag (amx_tile): amx_bf16 alone does not decide.
+FAST_BF16_FLAGS = [
+    ({"avx2", "avx512f", "avx512_bf16"}, True),  # Zen 4, Cooper Lake
+    ({"avx2", "avx512f", "amx_tile", "amx_bf16"}, True),  # Sapphire Rapids reports both AMX flags
+    ({"amx_bf16"}, False),  # the code probes the tile unit, not the bf16 flag
+    ({"avx2", "fma", "f16c"}, False),  # bf16 would be emulated: slower than fp32
+    ({"avx2", "avx512f", "avx512_vnni"}, False),
+    (set(), False),
+]
+
+
+@pytest.mark.parametrize("flags, fast", FAST_BF16_FLAGS,
+                         ids=[f"{'+'.join(sorted(flags)) or 'none'}-{fast}" for flags, fast in FAST_BF16_FLAGS])
+def test_fast_bf16_is_detected_from_the_cpu_flags(monkeypatch, flags, fast):
+    from harness.train import cpu_has_fast_bf16
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: "avx512_bf16" in flags, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: "amx_tile" in flags, raising=False)
+    assert cpu_has_fast_bf16() is fast
+
+
+def test_fast_bf16_is_false_where_torch_has_no_probes(monkeypatch):
+    from harness.train import cpu_has_fast_bf16
+
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert cpu_has_fast_bf16() is False
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="reads Linux's /proc/cpuinfo")
+def test_fast_bf16_agrees_with_this_machines_cpu_flags():
+    from harness.train import cpu_has_fast_bf16
+
+    flags = {flag for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
+             for flag in line.split(":", 1)[1].split()}
+    assert cpu_has_fast_bf16() is bool(flags & {"avx512_bf16", "amx_tile"}), sorted(flags)

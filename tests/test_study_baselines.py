@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from harness.config import ConfigError
+from harness.report.report import _signal, build_report
+from harness.report.report_md import write_report
 from harness.study import load_grid, sweep
 from harness.study.jobs import expand
-from harness.study.report import _signal, build_report
-from harness.study.report_md import write_report
 
 TINY = {"corpus.path": "corpora/wikitext-2-raw/wiki.valid.raw", "corpus.max_documents": 12,
         "corpus.validation_fraction": 0.25, "tokenizer.vocab_size": 1000, "data.max_seq_length": 64,

@@ -20,12 +20,12 @@ import ray
 from test_sweep_e2e import ARMS, _wait_for, grid_file, harness
 
 from harness.cli import main
+from harness.report.report import PRETRAIN_METRICS
 from harness.runs import FINAL_METRICS_FILE, read_failure
 from harness.study import load_grid
 from harness.study.jobs import expand
 from harness.study.launch_local import threads_per_worker
 from harness.study.launch_ray import RayLauncher, cluster_threads, death_message, gpus_asked
-from harness.study.report import PRETRAIN_METRICS
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,7 @@ def sweeps(request, tmp_path_factory, shared_data, sweep_reference):
             "local_status": local.returncode, "out": out, "err": err, "status": continued.returncode}
 
 
+@pytest.mark.slow  # starts a Ray instance and runs two sweeps: over a minute on 2 cores
 def test_a_relaunch_skips_finished_jobs_and_matches_the_local_launcher(sweeps, tmp_path):
     out, err = sweeps["interrupted"]
     assert sweeps["interrupted_status"] == 130 and "run the same command to continue" in err, err[-3000:]
@@ -97,6 +98,7 @@ def test_a_relaunch_skips_finished_jobs_and_matches_the_local_launcher(sweeps, t
     pd.testing.assert_frame_equal(local[config], ray_[config])
 
 
+@pytest.mark.slow  # starts a Ray instance and runs two sweeps: over a minute on 2 cores
 def test_a_failing_job_under_ray_is_recorded_and_the_others_finish(sweeps):
     plan, out = sweeps["plan"], sweeps["out"]
     assert "FAILED pretrain/broken-s0: " in out
@@ -111,6 +113,7 @@ def test_a_failing_job_under_ray_is_recorded_and_the_others_finish(sweeps):
     assert not (broken / FINAL_METRICS_FILE).exists()
 
 
+@pytest.mark.slow  # starts a Ray instance and runs two sweeps: over a minute on 2 cores
 def test_the_local_launcher_never_imports_ray(sweeps):
     imported = [line.rsplit("|", 1)[-1].strip() for line in sweeps["local"][1].splitlines()
                 if line.startswith("import time:")]
@@ -136,6 +139,7 @@ def test_launcher_flags_are_checked_before_any_work(tmp_path, capsys, monkeypatc
     assert not results.exists()
 
 
+@pytest.mark.slow  # starts a Ray instance and runs two sweeps: over a minute on 2 cores
 def test_ray_resources_per_task(ray_instance):
     assert [cluster_threads({"CPU": 2}, 2, n) for n in (1, 2, 3)] == [threads_per_worker(n, cores=2) for n in (1, 2, 3)]
     assert cluster_threads({"CPU": 64}, 16, 2) == 16  # never more than one node has

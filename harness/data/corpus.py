@@ -6,8 +6,9 @@
 
 Segmentation is cached apart from tokenization because pysbd is the slow step (about 120 Reuters articles per
 second per core): a new vocabulary size re-tokenizes the cached sentences but never re-segments. Each cache entry
-is written through `atomic_dir`, so an interrupted build leaves nothing behind; scratch Arrow files of the
-datasets library go to a temporary folder inside our cache, never to ~/.cache/huggingface.
+is built under its lock (harness.data.cache: one process builds, others wait and read) and written through
+`atomic_dir`, so an interrupted build leaves nothing behind; scratch Arrow files of the datasets library go to a
+temporary folder inside our cache, never to ~/.cache/huggingface.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.config import CorpusConfig, RunConfig
 from harness.data import segment
+from harness.data.cache import build_lock
 from harness.data.documents import (
     DIGESTS_DIR,
     CorpusError,
@@ -208,23 +210,25 @@ def _segments(config: RunConfig, source: dict[str, Any], documents: Callable[[],
     """The segmented corpus (doc_id, sentences as text) from the cache, or segmented now and cached."""
     from datasets import load_from_disk
 
-    corpus = config.corpus
-    settings = segments_settings(corpus, source)
-    key = fingerprint(settings)
-    final = root / "segments" / key
-    hit = final.exists()
-    if not hit:
-        docs = documents()
-        log.info("segmenting %d documents with %s (num_proc=%s)", len(docs), corpus.segmenter, _num_proc(config))
-        segmented = docs.map(segment.segment_batch, batched=True, batch_size=16, num_proc=_num_proc(config),
-                             fn_kwargs={"segmenter": corpus.segmenter}, remove_columns=["title", "text"],
-                             features=_features(token_ids=False), cache_file_name=str(work / "segments.arrow"),
-                             new_fingerprint=key, desc="segmenting")
-        check_sentence_boundaries(segmented, corpus)
-        with atomic_dir(final) as tmp, quiet_progress():
-            segmented.save_to_disk(str(tmp))
-            _write_settings(tmp, settings)
+    settings = segments_settings(config.corpus, source)
+    final = root / "segments" / fingerprint(settings)
+    with build_lock(final) as hit:
+        if not hit:
+            _segment_into(final, config, documents(), work, settings)
     return load_from_disk(str(final)), hit
+
+
+def _segment_into(final: Path, config: RunConfig, docs: Dataset, work: Path, settings: dict[str, Any]) -> None:
+    corpus = config.corpus
+    log.info("segmenting %d documents with %s (num_proc=%s)", len(docs), corpus.segmenter, _num_proc(config))
+    segmented = docs.map(segment.segment_batch, batched=True, batch_size=16, num_proc=_num_proc(config),
+                         fn_kwargs={"segmenter": corpus.segmenter}, remove_columns=["title", "text"],
+                         features=_features(token_ids=False), cache_file_name=str(work / "segments.arrow"),
+                         new_fingerprint=fingerprint(settings), desc="segmenting")
+    check_sentence_boundaries(segmented, corpus)
+    with atomic_dir(final) as tmp, quiet_progress():
+        segmented.save_to_disk(str(tmp))
+        _write_settings(tmp, settings)
 
 
 def _tokenize_and_split(config: RunConfig, segmented: Dataset, tokenizer: PreTrainedTokenizerBase, final: Path,
@@ -271,10 +275,11 @@ def build_corpus(config: RunConfig, data_dir: str | Path | None = None) -> Token
                     "validation_fraction": config.corpus.validation_fraction,
                     "tokenizer": tokenizer_digest(tokenizer_dir)}
         final = root / "corpora" / fingerprint(settings)
-        tokens_hit = segments_hit = final.exists()
-        if not tokens_hit:
-            segmented, segments_hit = _segments(config, source, documents, root, work)
-            _tokenize_and_split(config, segmented, tokenizer, final, work, settings)
+        with build_lock(final) as tokens_hit:
+            segments_hit = tokens_hit
+            if not tokens_hit:  # the segments lock is taken inside this one, never the other way round
+                segmented, segments_hit = _segments(config, source, documents, root, work)
+                _tokenize_and_split(config, segmented, tokenizer, final, work, settings)
     splits = load_from_disk(str(final))
     hits = CacheHits(segments=segments_hit, tokenizer=tokenizer_hit, tokens=tokens_hit)
     return TokenizedCorpus(train=splits["train"], validation=splits["validation"], tokenizer=tokenizer,

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.data.cache import build_lock
 from harness.data.packing import Example, draws_randomly, iter_copies
 from harness.data.specials import SpecialTokens
 from harness.paths import atomic_dir
@@ -124,12 +125,14 @@ class PackingPlan:
 
 def build_packed(documents: list[list[list[int]]], plan: PackingPlan, specials: SpecialTokens, folder: Path,
                  corpus_key: str) -> PackedExamples:
-    """Pack once into `folder` (atomically), or load what an earlier run packed with the same plan."""
-    if not folder.exists():
-        # Copies are converted to arrays one at a time: dupe_factor copies as Python objects would not fit.
-        copies = iter_copies(documents, plan.packing, plan.max_seq_length, specials, plan.nsp, plan.short_seq_prob,
-                             plan.seed, plan.copies, plan.separators)
-        packed = concatenate([examples_to_arrays(examples, k) for k, examples in enumerate(copies)])
-        with atomic_dir(folder) as tmp:
-            _save(packed, tmp, {"corpus": corpus_key, **vars(plan)})
+    """Pack once into `folder` (atomically, one process at a time), or load what an earlier run packed with the
+    same plan."""
+    with build_lock(folder) as cached:
+        if not cached:
+            # Copies are converted to arrays one at a time: dupe_factor copies as Python objects would not fit.
+            copies = iter_copies(documents, plan.packing, plan.max_seq_length, specials, plan.nsp,
+                                 plan.short_seq_prob, plan.seed, plan.copies, plan.separators)
+            packed = concatenate([examples_to_arrays(examples, k) for k, examples in enumerate(copies)])
+            with atomic_dir(folder) as tmp:
+                _save(packed, tmp, {"corpus": corpus_key, **vars(plan)})
     return load_packed(folder)

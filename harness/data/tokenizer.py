@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.config import ConfigError, RunConfig
+from harness.data.cache import build_lock
 from harness.data.documents import DIGESTS_DIR, fingerprint, load_documents, source_identity, validation_mask
 from harness.data.segment import split_paragraphs
 from harness.paths import atomic_dir, cache_root, resolve_data_path
@@ -192,9 +193,14 @@ def obtain_tokenizer(config: RunConfig, source: dict[str, Any], documents: Calla
         return load_tokenizer(path, t.kind), path, True
     settings = tokenizer_settings(config, source)
     final = root / "tokenizers" / fingerprint(settings)
-    if final.exists():
-        return load_tokenizer(final, t.kind), final, True
-    docs = documents()
+    with build_lock(final) as cached:
+        if not cached:
+            _train_into(final, config, settings, documents())
+    return load_tokenizer(final, t.kind), final, cached
+
+
+def _train_into(final: Path, config: RunConfig, settings: dict[str, Any], docs: Dataset) -> None:
+    t = config.tokenizer
     held_out = validation_mask(list(docs["doc_id"]), config.corpus.validation_fraction)
     trained = train_tokenizer(training_texts(docs, held_out), t.kind, t.vocab_size, t.lowercase, t.min_frequency)
     if len(trained) < t.vocab_size:
@@ -203,7 +209,6 @@ def obtain_tokenizer(config: RunConfig, source: dict[str, Any], documents: Calla
     with atomic_dir(final) as tmp:
         trained.save_pretrained(str(tmp))
         (tmp / SETTINGS_FILE).write_text(json.dumps(settings, indent=2, default=str), encoding="utf-8")
-    return load_tokenizer(final, t.kind), final, False
 
 
 def build_tokenizer(config: RunConfig, data_dir: str | Path | None = None) -> tuple[PreTrainedTokenizerBase, Path]:

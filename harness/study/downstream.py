@@ -4,16 +4,14 @@ pre-training corpus is there, both before any work starts."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
 from harness.config import ConfigError, HarnessError, format_validation_error, set_dotted
 from harness.paths import data_root, resolve_data_path
+from harness.study.plans import FINETUNE_LR, PretrainRun, TaskPlan, grid_error
 from harness.tasks import TASKS
-
-if TYPE_CHECKING:
-    from harness.study.grid import GridFile, PretrainRun, TaskPlan
 
 # tasks.<task>.when_present: true = run the task where its data is (a local copy or the hub), skip it elsewhere,
 # so a paper-scale grid can name MNLI or SQuAD and still run on a machine that only has the small GLUE tasks.
@@ -22,23 +20,24 @@ GRID_OWNED = {"learning_rates": "nuisance.finetune.learning_rate (or tasks.<task
               "seeds": "seeds.finetune (or tasks.<task>.seeds)", "experiment": "the grid's name"}
 
 
-def task_plans(spec: GridFile, path: Path, experiment: str, only: list[str] | None) -> dict[str, TaskPlan]:
+def task_plans(path: Path, experiment: str, only: list[str] | None, *, finetune: dict[str, Any],
+               nuisance: dict[str, list[Any]], seeds: list[int], listed: dict[str, Any]) -> dict[str, TaskPlan]:
     """Settings per task: FinetuneConfig defaults < `finetune:` < the grid's lr nuisance and seeds < the task's
-    own settings. `only` (--tasks) replaces the file's list; a task the file names keeps its settings."""
+    own settings (`listed`: the file's `tasks:`). `only` (--tasks) replaces the file's list; a task the file names
+    keeps its settings."""
     from harness.evaluate import zero_shot_settings
     from harness.finetune import FinetuneConfig
-    from harness.study.grid import FINETUNE_LR, TaskPlan, grid_error
 
-    for key in spec.finetune:
+    for key in finetune:
         if key in GRID_OWNED:
             raise grid_error(path, f"finetune.{key}", f"set by {GRID_OWNED[key]}, not here")
-    grid_lrs = {"learning_rates": spec.nuisance[FINETUNE_LR]} if FINETUNE_LR in spec.nuisance else {}
+    grid_lrs = {"learning_rates": nuisance[FINETUNE_LR]} if FINETUNE_LR in nuisance else {}
     plans = {}
-    for name in only if only is not None else list(spec.tasks):
+    for name in only if only is not None else list(listed):
         key = f"tasks.{name}" if only is None else f"--tasks {name}"
         if name not in TASKS:
             raise grid_error(path, key, f"unknown task '{name}'; allowed: {', '.join(TASKS)}")
-        own = dict(spec.tasks.get(name) or {})
+        own = dict(listed.get(name) or {})
         optional = own.pop(WHEN_PRESENT, False)
         if not isinstance(optional, bool):
             raise grid_error(path, f"{key}.{WHEN_PRESENT}", f"{optional!r}; allowed: true, false")
@@ -47,7 +46,7 @@ def task_plans(spec: GridFile, path: Path, experiment: str, only: list[str] | No
         zero_shot = TASKS[name].kind == "zero_shot"
         # A zero-shot task (BLiMP) is scored once per pre-training run: no fine-tuning settings, lrs or seeds.
         layers = {**own, "experiment": experiment} if zero_shot else \
-            {**spec.finetune, "seeds": spec.seeds.finetune, **grid_lrs, **own, "experiment": experiment}
+            {**finetune, "seeds": seeds, **grid_lrs, **own, "experiment": experiment}
         data: dict[str, Any] = {}
         try:
             for field, value in layers.items():
@@ -66,8 +65,6 @@ def check_corpora_and_tasks(path: Path, runs: list[PretrainRun], plans: dict[str
     """Every local corpus of the runs and every task's files must be there (or the task on a reachable hub).
     Returns the `when_present` tasks whose data is missing, for the caller to leave out; any other missing task
     is a GridError."""
-    from harness.study.grid import grid_error
-
     for corpus in sorted({run.config.corpus.path for run in runs if run.config.corpus.hub is None}):
         try:
             resolve_data_path(corpus, data_dir)

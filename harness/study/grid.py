@@ -37,7 +37,6 @@ allowed (`GridError`).
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +44,18 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness.config import ConfigError, RecipeName, RunConfig, SizePreset, load_config, read_yaml
+from harness.study.downstream import check_corpora_and_tasks, task_plans
+from harness.study.plans import (
+    FINETUNE_LR,
+    GridError,
+    Point,
+    PretrainRun,
+    Study,
+    grid_error,
+)
 
-FINETUNE_LR = "finetune.learning_rate"  # the one nuisance that is not a run-config field
 RESERVED_FIELDS = {"experiment": "set by the grid's name", "name": "set per job by the sweep",
                    "seed": "use seeds.pretrain"}
-
-
-class GridError(ConfigError):
-    """A grid file that cannot be run; one line naming the file, the key and what is allowed."""
 
 
 class GridSection(BaseModel):
@@ -100,65 +103,6 @@ NO_PRETRAINING = "no_pretraining"  # the baseline point's label
 NO_PRETRAINING_FIELDS = {"budget.max_steps": 0, "budget.max_tokens": None}
 
 
-@dataclass(frozen=True)
-class Point:
-    """One scientific point: what is compared. `values` are the axis values for tables (arms: {'arm': name}).
-    A baseline point (no pre-training) is run and reported like the others but never compared with the paper."""
-
-    label: str
-    values: dict[str, Any]
-    overrides: dict[str, Any]
-    baseline: bool = False
-
-
-@dataclass(frozen=True)
-class PretrainRun:
-    """One pre-training run of the grid: a point, one value of each pre-training nuisance, one seed."""
-
-    point: Point
-    nuisance: dict[str, Any]
-    seed: int
-    config: RunConfig
-
-    @property
-    def label(self) -> str:
-        return self.config.run_name()
-
-
-@dataclass(frozen=True)
-class TaskPlan:
-    """A downstream task: its settings (harness.finetune.FinetuneConfig, grid lists included) and its grid."""
-
-    name: str
-    settings: Any  # FinetuneConfig (its learning_rates and seeds are the task's nuisance grid and seeds), or the
-    # settings of a zero-shot task (harness.evaluate), scored once per pre-training run
-    optional: bool = False  # tasks.<task>.when_present: left out where its data is missing
-
-    @property
-    def zero_shot(self) -> bool:
-        from harness.tasks import get_task
-
-        return get_task(self.name).kind == "zero_shot"
-
-
-@dataclass(frozen=True)
-class Study:
-    name: str
-    scale: str | None
-    path: Path
-    description: str
-    points: list[Point]
-    runs: list[PretrainRun]
-    tasks: dict[str, TaskPlan]
-    data_dir: Path | None
-    skipped_tasks: tuple[str, ...] = ()  # when_present tasks left out: no data on this machine
-
-    @property
-    def experiment(self) -> str:
-        """results/<experiment>/ and the wandb group: one per study and scale, so scales never mix."""
-        return f"{self.name}-{self.scale}" if self.scale else self.name
-
-
 def load_grid(path: str | Path, scale: str | None = None, overrides: list[str] | None = None,
               tasks: list[str] | None = None, data_dir: str | Path | None = None, check_data: bool = True) -> Study:
     """Read, overlay `scale`, validate and expand a grid file into its runs and tasks; raises GridError.
@@ -180,17 +124,12 @@ def load_grid(path: str | Path, scale: str | None = None, overrides: list[str] |
     runs = [_run(spec, path, experiment, point, nuisance, seed, list(overrides or []))
             for point in points for nuisance in (nuisances[:1] if point.baseline else nuisances)
             for seed in spec.seeds.pretrain]
-    from harness.study.downstream import check_corpora_and_tasks, task_plans
-
-    plans = task_plans(spec, path, experiment, tasks)
+    plans = task_plans(path, experiment, tasks, finetune=spec.finetune, nuisance=spec.nuisance,
+                       seeds=spec.seeds.finetune, listed=spec.tasks)
     skipped = check_corpora_and_tasks(path, runs, plans, data_dir) if check_data else []
     return Study(name=name, scale=scale, path=path, description=spec.description, points=points, runs=runs,
                  tasks={k: v for k, v in plans.items() if k not in skipped},
                  data_dir=Path(data_dir) if data_dir else None, skipped_tasks=tuple(skipped))
-
-
-def grid_error(path: Path, key: str, message: str) -> GridError:
-    return GridError(f"grid file {path}: {key}: {message}")
 
 
 def _apply_scale(raw: dict[str, Any], scale: str | None, path: Path) -> dict[str, Any]:

@@ -11,13 +11,15 @@ Two jobs that would write the same directory, or compute the same run under two 
 from __future__ import annotations
 
 import fnmatch
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.config import to_dict
+from harness.paths import atomic_write_text
 from harness.runs import RecordStatus, read_curves, read_final_metrics, record_status, run_dir
-from harness.study.grid import PretrainRun, Study, TaskPlan, grid_error
+from harness.study.plans import PretrainRun, Study, TaskPlan, grid_error
 
 
 @dataclass(frozen=True)
@@ -164,12 +166,26 @@ def _with_wandb(settings: Any, run: PretrainRun) -> Any:
     return settings.model_copy(update={"impl": impl})
 
 
-def payload(plan: Plan, job: Job, threads: int) -> dict[str, Any]:
-    """What a worker process needs to run `job` (plain data: it crosses a process boundary)."""
+STUDY_FILE = "study.json"  # in results/<experiment>/: what `harness report` needs to re-expand the plan
+
+
+def write_study_file(folder: Path, grid: Path, scale: str | None, overrides: list[str] | None,
+                     tasks: list[str] | None, data_dir: str | Path | None) -> None:
+    """What `harness report` needs to re-expand the plan of a results folder (written by `harness sweep`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"grid": str(Path(grid).resolve()), "scale": scale, "overrides": list(overrides or []),
+              "tasks": tasks, "data_dir": str(Path(data_dir).resolve()) if data_dir else None}
+    atomic_write_text(folder / STUDY_FILE, json.dumps(record, indent=2) + "\n")
+
+
+def payload(plan: Plan, job: Job, threads: int, verbose: bool = False) -> dict[str, Any]:
+    """What a worker process needs to run `job` (plain data: it crosses a process boundary). `verbose`: the job's
+    own console lines stay on the console (else they go to its console.log)."""
     study, run = plan.study, job_run(job)
     # wandb: group = the study, job type = pretrain/finetune, the axes in the run's config (compare arms in the UI)
     axes = {"point": run.point.label, **run.point.values, **run.nuisance, "seed": run.seed}
-    common = {"name": job.name, "kind": job.kind, "threads": threads, "results_root": str(plan.results_root),
+    common = {"name": job.name, "kind": job.kind, "threads": threads, "verbose": verbose,
+              "results_root": str(plan.results_root),
               "data_dir": str(study.data_dir) if study.data_dir else None,
               "wandb": {"group": study.experiment, "job_type": job.kind, "axes": axes}}
     if isinstance(job, PretrainJob):

@@ -15,7 +15,6 @@ from typing import Any
 from harness.runs import read_final_metrics
 from harness.study.grid import value_label
 from harness.study.jobs import DownstreamJob, FinetuneJob, Plan
-from harness.study.stats import best_by_median
 
 PRETRAIN_COLUMNS = ("steps", "common_val_bpc", "val_mlm_loss", "val_ppl")
 
@@ -96,3 +95,11 @@ def _label(values: dict[str, Any]) -> str:
 
 def _short(value: Any) -> Any:
     return value if isinstance(value, str | int | float | bool) or value is None else str(value)
+
+
+def best_by_median(scores: Any, keys: str | list[str]) -> Any:
+    """The nuisance value (a `keys` group of a frame of trials with a `score` column) with the highest median score
+    over seeds: the paper's fine-tuning protocol and the playbook's. Ties go to the first group in the frame's order,
+    which is the grid's (as harness.finetune.summarize breaks them). The one selection rule of the sweep's table and
+    the report."""
+    return scores.groupby(keys, sort=False)["score"].median().idxmax()

@@ -21,9 +21,17 @@ from typing import Any, TextIO
 
 from harness.runs import RecordStatus, record_status, write_failure
 from harness.study.grid import GridError, load_grid
-from harness.study.jobs import Job, Plan, PretrainJob, estimate, expand, format_duration, payload
+from harness.study.jobs import (
+    Job,
+    Plan,
+    PretrainJob,
+    estimate,
+    expand,
+    format_duration,
+    payload,
+    write_study_file,
+)
 from harness.study.launch_local import LocalLauncher, threads_per_worker
-from harness.study.report import write_study_file
 from harness.study.results import comparison_table, format_table
 
 LAUNCHERS = ("local", "ray")
@@ -47,7 +55,7 @@ def sweep(grid: str | Path, *, scale: str | None = None, results: str | Path = "
           data_dir: str | Path | None = None, overrides: list[str] | None = None, tasks: list[str] | None = None,
           workers: int = 1, dry_run: bool = False, only: str | None = None, max_jobs: int | None = None,
           retry_failed: bool = False, launcher: str = "local", address: str | None = None,
-          out: TextIO | None = None) -> SweepResult:
+          out: TextIO | None = None, verbose: bool = False) -> SweepResult:
     """Run the missing jobs of a grid file (see the module docstring); returns what happened. Raises GridError
     (one line) for any bad input before any work."""
     out = out or sys.stdout
@@ -74,8 +82,8 @@ def sweep(grid: str | Path, *, scale: str | None = None, results: str | Path = "
             print(f"  would run {job.name} ({statuses[job.name]})", file=out)
         return result
     if todo:
-        run_jobs(plan, todo, workers, result, Display(len(selected), sum(statuses[j.name] == "done"
-                                                                           for j in selected)), launcher, address)
+        display = Display(len(selected), sum(statuses[j.name] == "done" for j in selected), verbose=verbose)
+        run_jobs(plan, todo, workers, result, display, launcher, address, verbose)
     result.table = comparison_table(plan)
     print(format_table(result.table), file=out)
     _print_summary(result, out)
@@ -124,7 +132,7 @@ def start_launcher(kind: str, slots: int, workers: int, address: str | None) -> 
 
 
 def run_jobs(plan: Plan, todo: list[Job], workers: int, result: SweepResult, display: Display,
-             kind: str = "local", address: str | None = None) -> None:
+             kind: str = "local", address: str | None = None, verbose: bool = False) -> None:
     """Feed ready jobs to idle workers until none is left; record failures; Ctrl-C stops cleanly."""
     launcher, pending, paths = None, list(todo), {}
     try:
@@ -135,7 +143,7 @@ def run_jobs(plan: Plan, todo: list[Job], workers: int, result: SweepResult, dis
                 job = _next_ready(plan, pending, result)
                 if job is None:
                     break
-                paths[job.name] = payload(plan, job, threads)
+                paths[job.name] = payload(plan, job, threads, verbose)
                 launcher.submit(slot, paths[job.name])
                 display.started(job.name)
             if not launcher.running():
@@ -203,24 +211,32 @@ def _print_summary(result: SweepResult, out: TextIO) -> None:
 
 
 class Display:
-    """Jobs done / total and each running job's step and ETA, on stderr: one line rewritten in place on a
-    terminal, a line every 30 seconds elsewhere (logs)."""
+    """On stderr: one line per finished job ("[done/total] done NAME in 3m12s"), and the running jobs' steps and
+    ETAs: one line rewritten in place on a terminal, else a line every 5 minutes (30 seconds and a line per start
+    with `verbose`), so a log of a long sweep shows it is alive without drowning the job lines."""
 
-    def __init__(self, total: int, done: int, stream: TextIO | None = None) -> None:
+    def __init__(self, total: int, done: int, stream: TextIO | None = None, verbose: bool = False) -> None:
         self.total, self.done, self.failed = total, done, 0
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty()
+        self.verbose = verbose
         self.steps: dict[str, tuple[float, int, float, int, int]] = {}  # name -> (t0, step0, t, step, total)
-        self.last = 0.0
+        self.began: dict[str, float] = {}
+        self.last = time.monotonic()
 
     def started(self, name: str) -> None:
-        self._line(f"start {name}")
+        self.began[name] = time.monotonic()
+        if self.verbose:
+            self._line(f"start {name}")
 
     def finished(self, name: str, failure: str | None) -> None:
         self.steps.pop(name, None)
+        took = time.monotonic() - self.began.pop(name, time.monotonic())
         self.done += failure is None
         self.failed += failure is not None
-        self._line(f"{'done' if failure is None else 'FAILED'} {name}" + (f": {failure}" if failure else ""))
+        count = f"[{self.done}/{self.total}{f', {self.failed} failed' if self.failed else ''}]"
+        self._line(f"{count} {'done' if failure is None else 'FAILED'} {name} in {format_duration(took)}"
+                   + (f": {failure}" if failure else ""))
 
     def progress(self, name: str, step: int, total: int) -> None:
         now = time.monotonic()
@@ -228,7 +244,7 @@ class Display:
         self.steps[name] = (t0, step0, now, step, total)
 
     def refresh(self, running: list[str]) -> None:
-        if time.monotonic() - self.last < (1.0 if self.live else 30.0):
+        if time.monotonic() - self.last < (1.0 if self.live else 30.0 if self.verbose else 300.0):
             return
         self.last = time.monotonic()
         jobs = "; ".join(self._job(name) for name in running)

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +60,8 @@ def run_payload(job: dict[str, Any], report: Any) -> tuple[str, ...]:
 
     clear_failure(job["path"])  # a retried job: its last failure is history once it runs again
     try:
-        run_job(job, report)
+        with job_console(job["path"], job.get("verbose", False)):
+            run_job(job, report)
     except Exception as err:  # any failure of one job is recorded and the sweep goes on
         try:
             write_failure(job["path"], err, traceback.format_exc())
@@ -67,6 +71,36 @@ def run_payload(job: dict[str, Any], report: Any) -> tuple[str, ...]:
     finally:
         _teardown_wandb()
     return ("done", job["name"])
+
+
+@contextmanager
+def job_console(path: str | Path, verbose: bool) -> Iterator[None]:
+    """What a job prints itself (Lightning's start-up lines, wandb's, warnings, also from the processes it starts)
+    goes to `<job directory>/console.log`, appended per launch, not to the sweep's console; `verbose`: left there.
+    File descriptors 1 and 2 are redirected, so output from C code and subprocesses is caught too."""
+    from harness.runs import CONSOLE_FILE
+
+    if verbose:
+        yield
+        return
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(folder / CONSOLE_FILE, "a", buffering=1, encoding="utf-8") as log, \
+            redirect_stdout(log), redirect_stderr(log):  # Python's streams, wherever they pointed before
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
 
 
 def run_job(job: dict[str, Any], report: Any) -> None:

@@ -21,7 +21,7 @@
   Welch-Satterthwaite degrees of freedom: t with n - 1 degrees of freedom when the seeds dominate, the normal when
   the examples do. Simulated studies with known differences (tests/test_multibootstrap.py) check 93-97% coverage at
   5 seeds in both regimes and between them. Its one-sided p-values (`Comparison.p_above`, `p_below`) are what the
-  claims' tests use (harness.study.claims).
+  claims' tests use (harness.report.claims).
 
 Pure functions of arrays and scoring callables (simulated data with known answers in the tests); the report decides
 what is paired and which examples a column has.

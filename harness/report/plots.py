@@ -33,8 +33,7 @@ from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from matplotlib.ticker import EngFormatter, FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
-from harness.runs import read_curves  # noqa: E402
-from harness.study.figure_layout import (  # noqa: E402
+from harness.report.figure_layout import (  # noqa: E402
     PANEL,
     STYLE,
     TEXT_PT,
@@ -50,6 +49,7 @@ from harness.study.figure_layout import (  # noqa: E402
     upright_height,
     wrap,
 )
+from harness.runs import read_curves  # noqa: E402
 
 UNITS = {"ppl": "held-out ppl (log scale)", "bpc": "bits/char (held-out)", "blimp": "BLiMP accuracy (%)"}
 CURVE_GRID = 200  # points on the common token grid of a curve

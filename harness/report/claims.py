@@ -2,7 +2,7 @@
 
 Each (claim, column) is one test of the difference arm - reference, oriented so that positive is the paper's
 direction (for the held-out column: lower bits per character), on the pre-training seeds both arms share
-(harness.study.evidence.compare_cells: the multi-bootstrap's seed and example variance, a t interval). With delta the
+(harness.report.evidence.compare_cells: the multi-bootstrap's seed and example variance, a t interval). With delta the
 column's smallest effect of interest and alpha = 0.025 one-sided (the side of a 95% interval):
 
 | kind        | reproduces                       | contradicts                     | equivalent (no effect)   |
@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from harness.config import HarnessError
-from harness.study.multibootstrap import FEW_SEEDS, Comparison
+from harness.report.multibootstrap import FEW_SEEDS, Comparison
 
 CLAIMS_FILE = Path(__file__).with_name("paper_claims.yaml")
 ALPHA = 0.025  # one-sided: a verdict without correction reads the 95% interval

@@ -9,7 +9,7 @@ appended to an earlier report), so it can be re-run at any time, also on a half-
   cells (median over seeds at the best learning rate, spread, n of expected) and the comparisons with the reference
   row (bootstrap interval, verdict, the paper's difference). A corrupt or partial file, a run directory that is not
   one of the grid's runs: one line each in `problems`, and the rest is still reported.
-Rendering lives in harness.study.report_md, figures in harness.study.plots.
+Rendering lives in harness.report.report_md, figures in harness.report.plots.
 """
 
 from __future__ import annotations
@@ -24,16 +24,15 @@ import numpy as np
 import yaml
 
 from harness.config import HarnessError, to_dict
-from harness.paths import atomic_write_text
+from harness.report.claims import HELDOUT_COLUMN, decide, load_claims, p_values, smallest_effect, verdict_text
+from harness.report.evidence import compare_cells
+from harness.report.multibootstrap import one_sample_t_above
+from harness.report.stats import same_sign, spread
 from harness.runs import read_final_metrics
-from harness.study.claims import HELDOUT_COLUMN, decide, load_claims, p_values, smallest_effect, verdict_text
-from harness.study.evidence import compare_cells
 from harness.study.grid import Study, load_grid, value_label
-from harness.study.jobs import Plan, expand
-from harness.study.multibootstrap import one_sample_t_above
-from harness.study.stats import best_by_median, same_sign, spread
+from harness.study.jobs import STUDY_FILE, Plan, expand
+from harness.study.results import best_by_median
 
-STUDY_FILE = "study.json"
 PAPER_TABLES = Path(__file__).with_name("paper_tables.yaml")
 PRETRAIN_METRICS = ("steps", "tokens_seen", "common_val_ppl", "common_val_bpc", "val_mlm_loss", "val_ppl",
                     "train_tokens_per_update", "train_padded_tokens_per_update", "train_sequences_per_update",
@@ -67,7 +66,7 @@ class StudyReport:
     signal: Any = None  # one row per column: does any arm beat the no-pre-training row beyond the seeds' noise?
     anchors: dict[str, dict[str, float]] = field(default_factory=dict)  # column -> published model -> score
     flags: list[dict[str, Any]] = field(default_factory=list)  # per arm: what qualifies its comparisons
-    claims: Any = None  # one row per (paper claim, column): difference, interval, verdict (harness.study.claims)
+    claims: Any = None  # one row per (paper claim, column): difference, interval, verdict (harness.report.claims)
 
     @property
     def baseline(self) -> str | None:
@@ -82,15 +81,6 @@ class StudyReport:
     @property
     def columns(self) -> list[str]:
         return [*self.study.tasks, *HELDOUT]
-
-
-def write_study_file(folder: Path, grid: Path, scale: str | None, overrides: list[str] | None,
-                     tasks: list[str] | None, data_dir: str | Path | None) -> None:
-    """What `harness report` needs to re-expand the plan of a results folder (written by `harness sweep`)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    record = {"grid": str(Path(grid).resolve()), "scale": scale, "overrides": list(overrides or []),
-              "tasks": tasks, "data_dir": str(Path(data_dir).resolve()) if data_dir else None}
-    atomic_write_text(folder / STUDY_FILE, json.dumps(record, indent=2) + "\n")
 
 
 def find_studies(results: str | Path, study: str | None = None) -> list[Path]:
@@ -189,7 +179,7 @@ def published_anchors(study: Study, data_dir: str | Path | None, problems: list[
 def _signal(report: StudyReport) -> list[dict[str, Any]]:
     """Per column: the trivial score, the no-pre-training row's and the best arm's means, and whether pre-training
     shows: some arm beats the no-pre-training row (the lower end of the 95% interval of the paired difference,
-    harness.study.evidence.compare_cells, is above zero on the better side) and, for a task with a trivial predictor,
+    harness.report.evidence.compare_cells, is above zero on the better side) and, for a task with a trivial predictor,
     some arm's seed values are above the trivial score (one-sided t at 2.5%). A column where a test could be made
     and none passed carries no pre-training signal at this scale; with one pre-training seed it cannot be told."""
     if not len(report.cells) or (report.baseline is None and not report.trivial):
@@ -234,7 +224,7 @@ def seed_means(cell: Any) -> dict[Any, float]:
 
 
 def claim_rows(report: StudyReport) -> list[dict[str, Any]]:
-    """The paper's claims for this study (harness.study.claims), one row per (claim, column): the oriented
+    """The paper's claims for this study (harness.report.claims), one row per (claim, column): the oriented
     difference with its 95% interval, the test's p-values, the Holm-corrected verdict over the study's family, the
     flags that qualify it."""
     claims = load_claims()
@@ -552,7 +542,7 @@ def paper_row(report: StudyReport, point: str) -> dict[str, float] | None:
 
 def _comparisons(report: StudyReport) -> list[dict[str, Any]]:
     """Each arm against the reference, per column, as description (the verdicts are the claims'): our mean
-    difference with its 95% interval (harness.study.evidence.compare_cells), the paper's difference, whether they
+    difference with its 95% interval (harness.report.evidence.compare_cells), the paper's difference, whether they
     point the same way, and the flags that qualify the comparison."""
     if not len(report.cells):
         return []
@@ -578,7 +568,7 @@ def _comparisons(report: StudyReport) -> list[dict[str, Any]]:
     return rows
 
 
-# Flags a reader needs beside a comparison (harness.study.report_md prints them).
+# Flags a reader needs beside a comparison (harness.report.report_md prints them).
 FALLING = 0.01  # a held-out perplexity that fell more than 1% over the last tenth of training is still falling
 MIN_UPDATES = 1000  # fewer updates than this: warm-up and the first phase of training dominate what a run learned
 COMMON_PACKING = "doc_sentences"  # harness.data.heldout packs the common held-out set this way, without NSP

@@ -1,4 +1,4 @@
-"""Layout rules of the report's figures (harness.study.plots): panels of about 2.4 x 2.2 inches, at most three to
+"""Layout rules of the report's figures (harness.report.plots): panels of about 2.4 x 2.2 inches, at most three to
 a row (a page's text width), fonts of at least 7 pt, one legend below the panels, point names that never run into
 each other, axes fitted to the data (never from zero for a perplexity or bits per character), plain numbers."""
 

@@ -1,4 +1,4 @@
-"""Writing a study's report (harness.study.report) to disk: the tidy CSV, the paper-layout table in Markdown and
+"""Writing a study's report (harness.report.report) to disk: the tidy CSV, the paper-layout table in Markdown and
 LaTeX (booktabs) beside the published values, the comparisons in plain words, the figures, and report.md.
 
 `write_report(results, study=None, out=None)` is `harness report`: every study folder found is rebuilt from scratch
@@ -14,9 +14,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from harness.study.claims import ALPHA
-from harness.study.multibootstrap import FEW_SEEDS
-from harness.study.report import (
+from harness.report.claims import ALPHA
+from harness.report.multibootstrap import FEW_SEEDS
+from harness.report.report import (
     LOWER_IS_BETTER,
     ReportError,
     StudyReport,
@@ -48,7 +48,7 @@ def write_report(results: str | Path, study: str | None = None, out: str | Path 
 
 def write_study(report: StudyReport, target: Path, command: str | None = None) -> Path:
     """All files of one study's report under `target`; returns report.md's path."""
-    from harness.study.plots import write_figures
+    from harness.report.plots import write_figures
 
     # Rebuilt, never appended to: a figure an earlier report drew and this one does not must not linger.
     shutil.rmtree(target / "figures", ignore_errors=True)
@@ -222,7 +222,7 @@ def claims_markdown(report: StudyReport) -> str:
              "arm's best fine-tuning lr); the variance of the mean difference is the seeds' (sample variance / n) "
              "plus what the shared draw of evaluation examples adds, estimated by the multi-bootstrap of MultiBERTs "
              "(dev examples, held-out documents, BLiMP pairs, drawn once for both arms and every seed); a t interval "
-             "with Welch-Satterthwaite degrees of freedom (harness/study/multibootstrap.py; simulated coverage 93-97% "
+             "with Welch-Satterthwaite degrees of freedom (harness/report/multibootstrap.py; simulated coverage 93-97% "
              "at 5 seeds). Beside it: the paired t interval over the seeds alone (it leaves out the evaluation set's "
              "sampling error) and the multi-bootstrap's P(difference <= 0) (paper's direction). Verdicts: superior "
              "claims reproduce when the difference is above 0, non-inferiority "

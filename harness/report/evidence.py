@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.study.multibootstrap import Comparison, SeedScores, compare, example_counts, ratio_scores
+from harness.report.multibootstrap import Comparison, SeedScores, compare, example_counts, ratio_scores
 
 PREDICTIONS = "dev_predictions.csv"
 BLIMP_PAIRS = "pairs.csv.gz"
@@ -32,7 +32,7 @@ LOWER_IS_BETTER = {"ppl", "bpc"}
 
 def compare_cells(ours: Any, reference: Any, column: str, *, oriented: bool = False, draws: int | None = None,
                   metrics: tuple[str, ...] | None = None) -> Comparison | None:
-    """ours - reference on `column` over the pre-training seeds both cells have (cells of harness.study.report:
+    """ours - reference on `column` over the pre-training seeds both cells have (cells of harness.report.report:
     `seed_values` {seed: score} and `seed_dirs` {seed: [job directories]}). `oriented`: for lower-is-better columns
     the sign is flipped, so positive means better. `metrics`: the task's official metrics (None for the held-out
     columns and BLiMP). None when the cells share no seed."""
