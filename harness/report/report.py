@@ -6,9 +6,11 @@ appended to an earlier report), so it can be re-run at any time, also on a half-
   folder's name `<name>-<scale>`;
 - `build_report(folder)`: re-expands the grid into its plan and reads every finished job into a tidy frame (one
   row per pre-training run x task x fine-tuning lr x seed, with every config field and metric), the paper-layout
-  cells (median over seeds at the best learning rate, spread, n of expected) and the comparisons with the reference
-  row (bootstrap interval, verdict, the paper's difference). A corrupt or partial file, a run directory that is not
-  one of the grid's runs: one line each in `problems`, and the rest is still reported.
+  cells (one value per pre-training seed, the unit of replication: its fine-tuning seeds averaged at the point's lr;
+  their mean, range and n), the signal test against the no-pre-training row and the trivial predictor, the paper's
+  claims with their verdicts (harness.report.claims), the flags, and each arm's difference from the reference as
+  description. A corrupt or partial file, a run directory that is not one of the grid's runs: one line each in
+  `problems`, and the rest is still reported. docs/statistics.md says how the numbers are made.
 Rendering lives in harness.report.report_md, figures in harness.report.plots.
 """
 
@@ -215,12 +217,6 @@ def _signal(report: StudyReport) -> list[dict[str, Any]]:
                      "arms_beating_baseline": ",".join(beats), "arms_above_trivial": ",".join(above),
                      "signal": verdict_text_})
     return rows
-
-
-def seed_means(cell: Any) -> dict[Any, float]:
-    """A cell's value per pre-training seed (the unit of replication: fine-tuning seeds of one pre-trained model are
-    repeated measurements of it, averaged)."""
-    return dict(cell["seed_values"] or {})
 
 
 def claim_rows(report: StudyReport) -> list[dict[str, Any]]:
