@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from harness.presets import PRESETS, RECIPES
+from harness.presets import PRESETS, PUBLISHED_AT_SIZE, RECIPES
 
 PackingMode = Literal["segment_pair", "sentence_pair", "full_sentences", "doc_sentences"]
 PAIR_PACKINGS = ("segment_pair", "sentence_pair")
@@ -510,7 +510,8 @@ def _recipe_name(argument: str | None, file_data: dict[str, Any], overrides: lis
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 preset: str | None = None, recipe: str | None = None) -> RunConfig:
-    """Field defaults < size preset < recipe < file < overrides, validated once at the end.
+    """Field defaults < size preset < recipe < the recipe's published settings at that size < file < overrides,
+    validated once at the end.
 
     The recipe may be named by the `recipe` argument (the CLI's --recipe), in the file (`recipe: bert`) or by an
     override (`recipe=bert`); all three give the same config. A saved config.yaml names its recipe and holds every
@@ -521,6 +522,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     name = _recipe_name(recipe, file_data, overrides)
     if name is not None:
         data = _deep_merge(data, recipe_dict(name))
+        if (name, preset) in PUBLISHED_AT_SIZE:  # the recipe's published settings at this size (presets.py)
+            data = _deep_merge(data, _dotted_dict(PUBLISHED_AT_SIZE[(name, preset)]))
     data = _deep_merge(data, file_data)
     return from_dict(apply_overrides(data, overrides))
 

@@ -98,3 +98,22 @@ RECIPES: dict[str, dict[str, Any]] = {
         "optim.clip_grad_norm": 0.0,  # paper Table 9 "gradient clipping 0.0"; README.pretraining.md --clip-norm 0.0
     },
 }
+
+# ---- a recipe at a published size ---------------------------------------------------------------------------
+# Where the paper or BERT's paper published a recipe's settings for one model size, a recipe composed with that
+# size preset takes them: the published value wins over the size preset's (which is the paper's ablation setting,
+# Table 3's first row). Layered between the recipe and the config file, so a file, a grid's base.set and --set
+# still win. Warm-up fractions are the published warm-up steps over the published updates.
+PUBLISHED_AT_SIZE: dict[tuple[str, str], dict[str, Any]] = {
+    # RoBERTa-base, paper Table 9: batch 8K x 500K updates, peak lr 6e-4, 24K warm-up (4.8%), length 512
+    ("roberta", "base"): {"optim.batch_size": 8192, "budget.max_steps": 500_000, "optim.peak_lr": 6e-4,
+                          "optim.warmup_fraction": 24_000 / 500_000},
+    # RoBERTa-large, paper Table 9: batch 8K x 500K updates, peak lr 4e-4, 30K warm-up (6%)
+    ("roberta", "large"): {"optim.batch_size": 8192, "budget.max_steps": 500_000, "optim.peak_lr": 4e-4,
+                           "optim.warmup_fraction": 30_000 / 500_000},
+    # BERT-base and BERT-large, Devlin et al. A.2: 256 x 1M updates, peak lr 1e-4, 10K warm-up (1%); the paper's
+    # re-implementation (sections 3.1, 4) uses the same
+    **{(recipe, size): {"optim.batch_size": 256, "budget.max_steps": 1_000_000, "optim.peak_lr": 1e-4,
+                        "optim.warmup_fraction": 10_000 / 1_000_000}
+       for recipe in ("bert", "bert-reimpl") for size in ("base", "large")},
+}

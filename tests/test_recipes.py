@@ -15,6 +15,7 @@ import yaml
 from harness.cli import main
 from harness.config import (
     PRESETS,
+    PUBLISHED_AT_SIZE,
     RECIPES,
     ConfigError,
     ModelConfig,
@@ -78,8 +79,30 @@ def test_every_recipe_composes_with_every_size_preset(recipe, preset):
     config = load_config(preset=preset, recipe=recipe)
     assert config.model.size == preset and config.recipe == recipe
     assert config.data.max_seq_length == PRESETS[preset]["data.max_seq_length"]
-    assert config.optim.peak_lr == PRESETS[preset]["optim.peak_lr"]
+    assert config.optim.peak_lr == PUBLISHED_AT_SIZE.get((recipe, preset), PRESETS[preset])["optim.peak_lr"]
     assert config.optim.betas == EXPECTED[recipe][3]["betas"]
+
+
+# Written out by hand: RoBERTa paper Table 9 (base / large) and Devlin et al. A.2 (BERT base and large).
+PUBLISHED = {("roberta", "base"): (8192, 500_000, 6e-4, 24_000), ("roberta", "large"): (8192, 500_000, 4e-4, 30_000),
+             ("bert", "base"): (256, 1_000_000, 1e-4, 10_000), ("bert", "large"): (256, 1_000_000, 1e-4, 10_000)}
+
+
+@pytest.mark.parametrize(("recipe", "preset"), list(PUBLISHED))
+def test_a_recipe_at_a_published_size_gets_the_published_settings(recipe, preset, capsys):
+    """`harness config --preset base --recipe roberta` is RoBERTa-base as Table 9 trains it (it was 256 x 1M at
+    lr 1e-4 with a 60K warm-up: the ablation setting); --set still wins; a size without published settings keeps
+    the preset's."""
+    assert main(["config", "--preset", preset, "--recipe", recipe, "--plain"]) == 0
+    config = from_dict(yaml.safe_load(capsys.readouterr().out))
+    batch, steps, lr, warmup = PUBLISHED[(recipe, preset)]
+    assert (config.optim.batch_size, config.budget.max_steps, config.optim.peak_lr) == (batch, steps, lr)
+    assert round(config.optim.warmup_fraction * steps) == warmup and config.data.max_seq_length == 512
+    pinned = load_config(preset=preset, recipe=recipe, overrides=["optim.peak_lr=1e-4", "optim.batch_size=256"])
+    assert (pinned.optim.peak_lr, pinned.optim.batch_size) == (1e-4, 256)
+    tiny = load_config(preset="tiny", recipe=recipe)
+    assert (tiny.optim.batch_size, tiny.optim.peak_lr) == (PRESETS["tiny"]["optim.batch_size"],
+                                                          PRESETS["tiny"]["optim.peak_lr"])
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
