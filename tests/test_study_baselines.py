@@ -143,3 +143,6 @@ def test_the_sweep_runs_the_baseline_and_blimp_and_the_report_shows_them(finishe
     text = written[0].read_text()
     assert "no_pretraining (baseline)" in text and "| trivial predictor | 50.92 (always" in text
     assert "published: GPT-2" in text and "## Does pre-training show at this scale?" in text
+    # one seed per arm: no list of arms that beat the baseline, not even "none" (that would read as a finding)
+    signal = text.split("## Does pre-training show at this scale?")[1].split("\n\n")[1]
+    assert "| sst2 | 50.92 (always" in signal and "none" not in signal and signal.count("cannot tell") == 4

@@ -1,30 +1,26 @@
-"""Intervals for the difference between two arms when the unit of replication is the pre-training seed.
+"""The interval of the difference between two arms when the unit of replication is the pre-training seed.
 
-- `multi_bootstrap`: the multi-bootstrap of MultiBERTs (Sellam et al., ICLR 2022; google-research/language,
-  `multiberts/multibootstrap.py`). Each replicate draws pre-training seeds with replacement (one draw for both arms
-  when they are paired, i.e. share their seeds) and, where per-example outputs exist, evaluation examples with
-  replacement, once, shared by both arms and every seed (dev examples of a task, documents of the held-out set,
-  pairs of BLiMP). The statistic of a replicate is the difference of the two arms' means over their drawn seeds, each
-  seed scored on the drawn examples. Returned: the difference on the data as they are, the percentile interval and
-  P(difference <= 0) over the replicates. Without per-example outputs (runs recorded before them) it resamples seeds
-  alone, and says so (`examples` is None).
-- `paired_t_interval`: Student's t interval of the mean of the seed-level differences, the textbook answer for few
-  seeds: with 3 seeds a bootstrap's interval is no wider than the range of the 3 values, and covers the true mean
-  only about 75% of the time (tests/test_multibootstrap.py simulates both).
-- `compare`: what a verdict is decided on. The multi-bootstrap's percentile interval is too narrow at 5 seeds (it
-  treats the seeds' spread as known: about 88% coverage when the seeds dominate), and the t interval over seeds
-  alone misses the evaluation set's own sampling error (what the shared example draw adds: it dominates when the
-  pre-training seeds barely differ). `compare` adds the two: the variance of the mean seed-level difference (the
-  seeds' sample variance / n, with n - 1 degrees of freedom) and the variance the example draw adds, estimated from
-  the multi-bootstrap's example replicates with the seeds held fixed, less the part the seeds' variance already
-  holds (method of moments for the two-way design). The interval is the t interval of that variance, with
-  Welch-Satterthwaite degrees of freedom: t with n - 1 degrees of freedom when the seeds dominate, the normal when
-  the examples do. Simulated studies with known differences (tests/test_multibootstrap.py) check 93-97% coverage at
-  5 seeds in both regimes and between them. Its one-sided p-values (`Comparison.p_above`, `p_below`) are what the
-  claims' tests use (harness.report.claims).
+`compare(ours, reference, seeds, examples)` - what every comparison, signal test and claim of a report uses:
+- the seed-level differences (each arm's score per shared pre-training seed, on all examples) and their mean;
+- the multi-bootstrap of MultiBERTs (Sellam et al., ICLR 2022; google-research/language,
+  `multiberts/multibootstrap.py`): each replicate draws the evaluation examples with replacement once, shared by both
+  arms and every seed (dev examples of a task, documents of the held-out set, pairs of BLiMP), and the pre-training
+  seeds with replacement (one draw for both arms: they are paired); its percentile interval and P(difference <= 0)
+  are reported (`boot_low`, `boot_high`, `p_not_above`);
+- the paired t interval over the seeds alone (`t_low`, `t_high`);
+- the verdict interval (`low`, `high`). The percentile multi-bootstrap is too narrow at 5 seeds (it treats the
+  seeds' spread as known: about 83% coverage when the seeds dominate), and the t over seeds alone misses the
+  evaluation set's own sampling error (what the shared example draw adds: it dominates when the pre-training seeds
+  barely differ). The verdict interval adds the two: the variance of the mean seed-level difference (the seeds'
+  sample variance / n, n - 1 degrees of freedom) and the variance the example draw adds, estimated from the
+  replicates with the seeds held fixed, less the part the seeds' variance already holds (method of moments for the
+  seeds x examples design); a t interval with Welch-Satterthwaite degrees of freedom. Simulated studies with known
+  differences (tests/test_multibootstrap.py) check 93-97% coverage at 5 seeds in both regimes and between them. Its
+  one-sided p-values (`Comparison.p_above`, `p_below`) are what the claims' tests use (harness.report.claims).
+Without per-example outputs (runs recorded before them) the examples are not resampled (`examples` is None).
 
 Pure functions of arrays and scoring callables (simulated data with known answers in the tests); the report decides
-what is paired and which examples a column has.
+which seeds are shared and which examples a column has.
 """
 
 from __future__ import annotations
@@ -43,27 +39,6 @@ _CHUNK = 200  # replicates scored at once (bounds the memory of the example-coun
 # score(examples) -> one score per seed. `examples` is None ("all of them as they are": shape [seeds]) or an index
 # array [replicates, examples] of drawn evaluation examples (shape [replicates, seeds]).
 SeedScores = Callable[[np.ndarray | None], np.ndarray]
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A difference (ours - reference) with its interval and how it was obtained."""
-
-    diff: float
-    low: float
-    high: float
-    p_not_above: float | None  # P(difference <= 0) over the replicates (None for the t interval)
-    seeds: int  # pre-training seeds per arm (the smaller arm)
-    examples: int | None  # evaluation examples resampled; None: seeds alone
-    method: str
-
-    @property
-    def excludes_zero(self) -> bool:
-        return self.low > 0 or self.high < 0
-
-    @property
-    def few_seeds(self) -> bool:
-        return self.seeds < FEW_SEEDS
 
 
 @dataclass(frozen=True)
@@ -179,53 +154,6 @@ def compare(ours: SeedScores, reference: SeedScores, seeds: int, examples: int |
                       seeds, examples, tuple(map(float, seed_diffs)), level)
 
 
-def multi_bootstrap(ours: SeedScores, reference: SeedScores, seeds: tuple[int, int], examples: int | None, *,
-                    paired: bool, level: float = 0.95, draws: int = DRAWS, seed: int = SEED) -> Interval:
-    """The multi-bootstrap interval of mean(ours over seeds) - mean(reference over seeds) (MultiBERTs' percentile
-    interval; `compare` is what verdicts use).
-
-    `seeds` = (seeds of ours, seeds of the reference); paired arms must have as many seeds, listed in the same
-    order (seed i of ours shares its pre-training seed with seed i of the reference). `examples` = how many
-    evaluation examples the scoring callables index (None: no per-example outputs, seeds alone)."""
-    n_ours, n_ref = seeds
-    if n_ours < 1 or n_ref < 1:
-        raise ValueError("multi_bootstrap needs at least one seed per arm")
-    if paired and n_ours != n_ref:
-        raise ValueError(f"paired arms need the same seeds: {n_ours} vs {n_ref}")
-    rng = np.random.default_rng(seed)
-    point = float(np.mean(ours(None)) - np.mean(reference(None)))
-    diffs = np.empty(draws)
-    for start in range(0, draws, _CHUNK):
-        size = min(_CHUNK, draws - start)
-        if examples is None:
-            a = np.broadcast_to(np.asarray(ours(None), dtype=float), (size, n_ours))
-            b = np.broadcast_to(np.asarray(reference(None), dtype=float), (size, n_ref))
-        else:
-            drawn = draw_examples(rng, examples, size)
-            a, b = np.asarray(ours(drawn)), np.asarray(reference(drawn))
-        pick_a = rng.integers(0, n_ours, size=(size, n_ours))
-        pick_b = pick_a if paired else rng.integers(0, n_ref, size=(size, n_ref))
-        diffs[start:start + size] = (np.take_along_axis(a, pick_a, axis=1).mean(axis=1)
-                                     - np.take_along_axis(b, pick_b, axis=1).mean(axis=1))
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(diffs, [tail, 100 - tail])
-    method = "multi-bootstrap over seeds and examples" if examples is not None else "bootstrap over seeds alone"
-    return Interval(point, float(low), float(high), float(np.mean(diffs <= 0)), min(n_ours, n_ref), examples,
-                    f"{method} ({'paired' if paired else 'unpaired'})")
-
-
-def paired_t_interval(differences: Sequence[float], level: float = 0.95) -> Interval:
-    """Student's t interval of the mean of seed-level differences (ours - reference, one per shared seed)."""
-    from scipy import stats
-
-    values = np.asarray(differences, dtype=float)
-    if values.size < 2:
-        raise ValueError("a t interval needs at least two seed-level differences")
-    mean, sem = float(values.mean()), float(values.std(ddof=1) / np.sqrt(values.size))
-    half = float(stats.t.ppf(0.5 + level / 2, df=values.size - 1)) * sem
-    return Interval(mean, mean - half, mean + half, None, int(values.size), None, "paired t over seeds")
-
-
 def one_sample_t_above(values: Sequence[float], threshold: float, level: float = 0.95) -> bool:
     """Whether the mean of `values` (one per pre-training seed) is above `threshold` beyond the seeds' noise: the
     one-sided t test at (1 - level) / 2, as the lower end of the two-sided t interval. Fewer than two values: False."""
@@ -253,28 +181,6 @@ def ratio_scores(numerators: np.ndarray, denominators: np.ndarray | None = None)
             return num.sum(axis=1) / den.sum(axis=1)
         counts = example_counts(examples, num.shape[1])
         return (counts @ num.T) / (counts @ den.T)
-
-    return score
-
-
-def metric_scores(predictions: np.ndarray, labels: np.ndarray,
-                  metric: Callable[[np.ndarray, np.ndarray], float]) -> SeedScores:
-    """Seed scores of any metric of (predictions, labels) (F1, Pearson), from [seeds, examples] predictions (or
-    [seeds, repeats, examples]: each seed's score is the mean of its repeats', e.g. fine-tuning seeds) and the
-    examples' labels."""
-    preds, gold = np.asarray(predictions), np.asarray(labels)
-    if preds.ndim == 2:
-        preds = preds[:, None, :]
-
-    def one(index: np.ndarray | slice) -> np.ndarray:
-        return np.array([np.mean([metric(row[index], gold[index]) for row in repeats]) for repeats in preds])
-
-    def score(examples: np.ndarray | None) -> np.ndarray:
-        if examples is None:
-            return one(slice(None))
-        if np.ndim(examples) == 1:
-            return one(examples)
-        return np.stack([one(drawn) for drawn in examples])
 
     return score
 

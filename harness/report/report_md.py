@@ -107,9 +107,11 @@ def signal_markdown(report: StudyReport) -> str:
     lines = [_md_row(head), _md_row(["---"] * len(head))]
     words = []
     for row in report.signal.to_dict("records"):
+        tested = row["signal"] in ("signal", "no signal")  # else there is no list to give: "none" would be a finding
         lines.append(_md_row([row["column"], _trivial_text(report, row["column"]), _num(row["no_pretraining"]),
-                              _num(row["best_arm"]), row["arms_beating_baseline"] or "none",
-                              row["arms_above_trivial"] or ("none" if row["trivial"] is not None else ""),
+                              _num(row["best_arm"]),
+                              (row["arms_beating_baseline"] or "none") if tested and report.baseline else "",
+                              (row["arms_above_trivial"] or "none") if tested and row["trivial"] is not None else "",
                               row["signal"]]))
         if row["signal"] == "no signal":
             words.append(f"**{row['column']} carries no pre-training signal at this scale**: no arm beats "
