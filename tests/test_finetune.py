@@ -294,6 +294,7 @@ def metrics_rows(trial_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow  # 15-30 s on 2 cores; the QA and NER smoke tests show learning in the default suite
 def test_sst2_finetuning_beats_the_majority_class(roberta, shared_data, tmp_path):
     settings = load_finetune_config([*FAST, "epochs=2", "train_subsample=2000"])
     summary = finetune(roberta, "sst2", shared_data, settings, tmp_path)
