@@ -250,7 +250,8 @@ class ImplConfig(ConfigSection):
     """Settings that change only speed, never the result: not part of the run id."""
 
     micro_batch_size: int | None = Field(
-        None, ge=1, description="sequences per forward pass per device; updates accumulate to optim.batch_size"
+        None, ge=1, description="sequences per forward pass per device; updates accumulate to optim.batch_size (with "
+        "optim.batch_tokens: about this many full-length inputs' tokens per pass); the update's inputs do not change"
     )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     num_proc: int | None = Field(None, ge=1, description="processes for datasets.map when tokenizing; null = 1")
@@ -371,6 +372,14 @@ class RunConfig(ConfigSection):
         return self.impl.devices * self.impl.num_nodes
 
     def grad_accumulation(self) -> int:
+        """Micro-batches per update per process. By tokens, impl.micro_batch_size full-length inputs are the size of
+        one forward pass: the update is split into batch_tokens // (micro x max_seq_length x processes) per process.
+        Either way the split changes only speed: the update's inputs are cut first (harness.data.loader)."""
+        if self.optim.batch_tokens is not None:
+            if self.impl.micro_batch_size is None:
+                return 1
+            per_pass = self.impl.micro_batch_size * self.data.max_seq_length * self.world_size()
+            return max(1, self.optim.batch_tokens // per_pass)
         micro = self.impl.micro_batch_size or self.optim.batch_size
         return max(1, self.optim.batch_size // (micro * self.world_size()))
 

@@ -11,7 +11,7 @@ Layout: results_root/<experiment>/finetune/<checkpoint>__<task>__<study id>/
                                       protocol of harness.runs: done / resume / refuse, failed.json)
     lr<lr>__seed<seed>/logs/          CSVLogger curves (a resumed trial adds a version folder)
     lr<lr>__seed<seed>/dev_predictions.csv  `id,prediction,label` per dev example, from the last dev pass
-    lr<lr>__seed<seed>/final_metrics.json  final dev metrics, written atomically last: marks the trial done
+    lr<lr>__seed<seed>/final_metrics.json  final dev metrics and precision, written atomically last: marks it done
 The study id hashes the checkpoint's content, the task spec and every setting that changes a score, but
 not the grid (learning rates, seeds: extending it reuses finished trials) and not `impl` (speed only).
 """
@@ -208,7 +208,8 @@ def _trial(trial_dir: Path, spec: TaskSpec, ckpt: Any, fingerprint: str, data: A
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         result = run_trial(trial_dir, spec, ckpt, data, settings, lr, seed, callbacks)
     result.update(learning_rate=lr, seed=seed, train_examples=data.train_examples,
-                  train_subsample=settings.train_subsample, wall_s=round(time.perf_counter() - started, 2))
+                  train_subsample=settings.train_subsample, precision=settings.impl.precision,
+                  wall_s=round(time.perf_counter() - started, 2))
     write_final_metrics(trial_dir, result)
     if not settings.impl.keep_checkpoints:
         shutil.rmtree(trial_dir / CHECKPOINT_DIR, ignore_errors=True)

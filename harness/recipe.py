@@ -19,8 +19,7 @@ from harness.models.pretrain import PretrainModule, build_pretraining_model
 class Recipe:
     nsp: bool
     segment_embeddings: bool
-    micro_batch_size: int  # sequences per forward pass per device
-    micro_batch_tokens: int | None  # real tokens per forward pass per device (token batching)
+    micro_batch_size: int  # sequences per forward pass per device (batching by count; validation)
     accumulate: int  # micro-batches per optimizer update per device
     budget: TrainBudget  # the number of updates is known once the data is packed: PretrainDataModule.total_updates
 
@@ -32,20 +31,19 @@ def nominal_tokens_per_update(config: RunConfig) -> int:
 
 def resolve_recipe(config: RunConfig) -> Recipe:
     accumulate, devices = config.grad_accumulation(), config.world_size()
-    micro_tokens = None if config.optim.batch_tokens is None else config.optim.batch_tokens // (accumulate * devices)
+    tokens = config.optim.batch_tokens  # by tokens, each update is cut from the stream before it is split
     budget = TrainBudget(max_steps=config.budget.max_steps, max_tokens=config.budget.max_tokens, accumulate=accumulate,
-                         devices=devices, micro_batch_tokens=micro_tokens,
-                         group_by_length=config.optim.group_by_length and micro_tokens is not None,  # by tokens only
-                         sequences_per_update=None if micro_tokens else config.optim.batch_size)
+                         devices=devices, update_tokens=tokens,
+                         group_by_length=config.optim.group_by_length and tokens is not None,  # by tokens only
+                         sequences_per_update=None if tokens else config.optim.batch_size)
     return Recipe(nsp=config.data.nsp, segment_embeddings=config.data.segment_embeddings,
                   micro_batch_size=config.impl.micro_batch_size or config.optim.batch_size // devices,
-                  micro_batch_tokens=micro_tokens, accumulate=accumulate, budget=budget)
+                  accumulate=accumulate, budget=budget)
 
 
 def build_datamodule(config: RunConfig, recipe: Recipe, data_dir: str | Path | None = None) -> PretrainDataModule:
     return PretrainDataModule(config, nsp=recipe.nsp, token_types=recipe.segment_embeddings, data_dir=data_dir,
-                              micro_batch_size=recipe.micro_batch_size, micro_batch_tokens=recipe.micro_batch_tokens,
-                              budget=recipe.budget)
+                              micro_batch_size=recipe.micro_batch_size, budget=recipe.budget)
 
 
 def build_module(config: RunConfig, recipe: Recipe, data: PretrainDataModule) -> PretrainModule:

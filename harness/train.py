@@ -253,9 +253,10 @@ class TrainingPlan:
 def training_plan(config: RunConfig, data: PretrainDataModule) -> TrainingPlan:
     budget = data.budget
     split = f"{budget.accumulate} micro-batch(es) x {budget.devices} device(s) of " + (
-        f"{data.micro_batch_size} sequences" if data.micro_batch_tokens is None
-        else f"<= {data.micro_batch_tokens} padded positions, inputs of similar length" if budget.group_by_length
-        else f"<= {data.micro_batch_tokens} real tokens")
+        f"{data.micro_batch_size} sequences" if budget.update_tokens is None
+        else f"1/{budget.accumulate * budget.devices} of an update of <= {budget.update_tokens} padded positions, "
+             "inputs of similar length" if budget.group_by_length
+        else f"1/{budget.accumulate * budget.devices} of an update of <= {budget.update_tokens} real tokens")
     return TrainingPlan(updates=data.total_updates, accumulate=budget.accumulate, micro_batches=split,
                         rows_per_copy=data.rows_per_copy,
                         static_copies=data.static_copies if config.data.masking == "static" else None,

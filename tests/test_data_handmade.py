@@ -342,23 +342,25 @@ def test_pretrain_resumed_after_a_crash_sees_the_batches_of_the_uninterrupted_ru
 
 # ---- token batching -------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("overrides, budget", [
-    (("optim.batch_tokens=48",), 48),  # one micro-batch per update: the whole budget
-    (("optim.batch_tokens=96", "optim.batch_size=8", "impl.micro_batch_size=2"), 24),  # 4 micro-batches
+@pytest.mark.parametrize("overrides, parts", [
+    (("optim.batch_tokens=64",), 1),  # one micro-batch per update: the whole budget
+    (("optim.batch_tokens=64", "impl.micro_batch_size=1"), 4),  # 64 // (1 x 16): 4 micro-batches per update
 ])
-def test_token_batches_hold_at_most_the_micro_budget_of_real_tokens(make, overrides, budget):
+def test_token_updates_hold_at_most_the_budget_of_real_tokens(make, overrides, parts):
     data = make("data.packing=doc_sentences", "data.max_seq_length=16", "data.masking=static", "data.dupe_factor=4",
                 "budget.max_steps=40", "optim.group_by_length=false", *overrides)  # the greedy real-token rule
-    assert data.micro_batch_tokens == budget
+    assert data.budget.update_tokens == 64 and data.budget.accumulate == parts
     lengths = data.train_examples.lengths()
     batches = list(data.train_dataloader())
-    assert len(batches) == 40 * data.budget.accumulate
-    for number, batch in enumerate(batches):
-        real = int(batch["attention_mask"].sum())
-        indices = batch["example_index"].tolist()
-        assert real == lengths[indices].sum() <= budget
-        if number + 1 < len(batches):  # greedy over the stream: the next input did not fit
-            assert real + lengths[batches[number + 1]["example_index"][0]] > budget
+    assert len(batches) == 40 * parts and "ghost" not in batches[0]
+    updates = [batches[u * parts:(u + 1) * parts] for u in range(40)]
+    for number, update in enumerate(updates):
+        indices = [i for b in update for i in b["example_index"].tolist()]
+        real = sum(int(b["attention_mask"].sum()) for b in update)
+        assert real == lengths[indices].sum() <= 64
+        assert {int(b["update_sequences"]) for b in update} == {len(indices)}
+        if number + 1 < len(updates) and parts == 1:  # greedy over the stream: the next input did not fit
+            assert real + lengths[updates[number + 1][0]["example_index"][0]] > 64
     served = [i for b in batches for i in b["example_index"].tolist()]
     assert len(served) > len(lengths)  # more than one pass over the 4 static copies, none dropped at a pass end
     assert set(served) == set(range(len(lengths)))

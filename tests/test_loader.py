@@ -45,7 +45,7 @@ def test_ranks_share_the_stream_of_one_process(world):
 
 def test_token_batches_stream_across_epochs_and_respect_the_budget():
     lengths = np.array([5, 9, 3, 7, 8, 2, 6])
-    sampler = StreamBatchSampler(lengths, seed=0, num_batches=12, max_tokens=12)
+    sampler = StreamBatchSampler(lengths, seed=0, num_batches=12, update_tokens=12)
     batches = _stream(sampler)
     for number, batch in enumerate(batches):
         real = sum(lengths[i] for _, i in batch)
@@ -61,7 +61,7 @@ def test_token_batches_stream_across_epochs_and_respect_the_budget():
 @pytest.mark.parametrize("tokens", [None, 12])
 def test_a_resumed_sampler_continues_the_same_stream(tokens):
     lengths = np.array([5, 9, 3, 7, 8, 2, 6])
-    size = {"max_tokens": tokens} if tokens else {"batch_size": 3}
+    size = {"update_tokens": tokens} if tokens else {"batch_size": 3}
     full = _stream(StreamBatchSampler(lengths, seed=5, num_batches=9, **size))
     resumed = StreamBatchSampler(lengths, seed=5, num_batches=9, **size)
     resumed.start = 4
@@ -71,7 +71,7 @@ def test_a_resumed_sampler_continues_the_same_stream(tokens):
 @pytest.mark.parametrize("tokens", [None, 12])
 def test_first_batch_of_epoch_finds_where_a_pass_begins(tokens):
     lengths = np.array([5, 9, 3, 7, 8, 2, 6])
-    size = {"max_tokens": tokens} if tokens else {"batch_size": 3}
+    size = {"update_tokens": tokens} if tokens else {"batch_size": 3}
     batches = _stream(StreamBatchSampler(lengths, seed=2, num_batches=12, **size))
     sampler = StreamBatchSampler(lengths, seed=2, num_batches=12, **size)
     for epoch in (0, 1, 2):
@@ -160,11 +160,39 @@ def test_length_grouped_batches_cover_a_pass_and_bound_padded_positions():
 
 def test_length_grouped_stream_passes_follow_each_other_and_resume():
     lengths = np.random.default_rng(3).integers(3, 30, size=40)
-    sampler = StreamBatchSampler(lengths, seed=2, num_batches=30, max_tokens=64, group_by_length=True)
+    sampler = StreamBatchSampler(lengths, seed=2, num_batches=30, update_tokens=64, group_by_length=True)
     batches = _stream(sampler)
     flat = [key for batch in batches for key in batch]
     assert [e for e, _ in flat] == sorted(e for e, _ in flat)
     assert sorted(i for e, i in flat if e == 0) == list(range(40))
-    resumed = StreamBatchSampler(lengths, seed=2, num_batches=30, max_tokens=64, group_by_length=True)
+    resumed = StreamBatchSampler(lengths, seed=2, num_batches=30, update_tokens=64, group_by_length=True)
     resumed.start = 11
     assert _stream(resumed) == batches[11:]
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["greedy", "grouped"])
+def test_an_update_holds_the_same_inputs_however_it_is_split(group):
+    """By tokens, the update is cut from the stream first: 1, 2 or 4 micro-batches on 1 or 2 ranks change which
+    forward pass computes an input, never which inputs (with their epochs, hence masks) an update holds. A
+    length-grouped pass ends in a short update; split into more parts than it has inputs, it gets ghosts."""
+    lengths = np.random.default_rng(7).integers(3, 30, size=41)
+
+    def updates(parts: int, world: int) -> list[list[tuple[int, int]]]:
+        accumulate, count = parts // world, 24
+        shares = [_stream(StreamBatchSampler(lengths, seed=4, num_batches=count * accumulate, update_tokens=96,
+                                             parts=parts, group_by_length=group, rank=r, world_size=world))
+                  for r in range(world)]
+        merged = []
+        for u in range(count):
+            keys = [k for r in range(world) for batch in shares[r][u * accumulate:(u + 1) * accumulate] for k in batch]
+            merged.append(sorted(k for k in keys if k[0] != -1))  # ghosts carry epoch -1
+        return merged
+
+    one = updates(1, 1)
+    assert len({len(u) for u in one}) > 1  # the inputs per update vary with their lengths
+    for parts, world in [(2, 1), (4, 1), (2, 2), (4, 2)]:
+        assert updates(parts, world) == one, (parts, world)
+    small = StreamBatchSampler(np.array([20, 20, 20]), seed=0, num_batches=4, update_tokens=40, parts=4,
+                               group_by_length=True)
+    batches = _stream(small)  # the pass's last update holds one input: three ghosts fill its other micro-batches
+    assert [len(b) for b in batches] == [1, 1, 1, 1] and sum(b[0][0] == -1 for b in batches) >= 2

@@ -16,7 +16,7 @@ import yaml
 
 from harness.cli import main
 from harness.report.report import STUDY_FILE, ReportError, build_report, find_studies, load_paper_tables
-from harness.report.report_md import write_report
+from harness.report.report_md import report_markdown, write_report
 from harness.report.stats import same_sign, spread
 from harness.study import sweep
 
@@ -167,6 +167,78 @@ def test_runs_trained_on_other_data_are_reported(results, tmp_path, column, what
     problems = build_report(folder).problems
     assert len(problems) == 1 and f"trained on different {what} ({column} " in problems[0]
     assert f"{'0' * 16}: {static.path.name}" in problems[0]
+
+
+def test_each_run_records_its_resolved_precision_and_the_tidy_table_carries_it(results, tmp_path):
+    """The sweep's pre-training runs (impl.precision auto) record what auto resolved to on this machine, its
+    fine-tuning trials their own setting (32-true by default); the tidy table and report.md show them, and one
+    precision for every arm raises no flag."""
+    from harness.train import resolve_precision
+
+    report = build_report(results / "tiny_report")
+    resolved = {resolve_precision(job.run.config.impl) for job in report.plan.pretrain}
+    assert len(resolved) == 1 and {job.run.config.impl.precision for job in report.plan.pretrain} == {"auto"}
+    for job in report.plan.pretrain:
+        recorded = json.loads((job.path / "final_metrics.json").read_text())["precision"]
+        assert recorded in resolved and set(report.tidy[report.tidy["run_dir"] == str(job.path)]["precision"]) == \
+            {recorded}
+    for trial in report.plan.finetune:
+        assert json.loads((report.plan.path(trial) / "final_metrics.json").read_text())["precision"] == "32-true"
+    assert set(report.tidy["finetune_precision"]) == {"32-true"}
+    assert not [f for f in report.flags if "precision" in f["kind"]]
+    assert not any("precision" in flags for flags in report.comparisons["flags"].dropna())
+    text = report_markdown(report, [], tmp_path, None)  # write_study's report.md, without drawing the figures
+    assert f"; pre-training precision: {resolved.pop()}\n" in text
+
+
+def test_arms_at_two_precisions_are_flagged_and_an_unrecorded_precision_is_never_guessed(results, tmp_path):
+    """The static arm's record says the other precision: report.md's flags name both arms with theirs, and the
+    comparison carries it; a run whose record has no precision (made before runs wrote it) is an empty cell, does
+    not count as a precision of its own, and is counted in the flag."""
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    folder = copy / "tiny_report"
+    runs = {job.run.point.label: job.path for job in build_report(folder).plan.pretrain}
+    ours = json.loads((runs["dynamic"] / "final_metrics.json").read_text())["precision"]
+    other = "bf16-mixed" if ours == "32-true" else "32-true"
+
+    def record(arm: str, precision: str | None) -> None:
+        final = json.loads((runs[arm] / "final_metrics.json").read_text())
+        final.pop("precision", None)
+        (runs[arm] / "final_metrics.json").write_text(json.dumps(final if precision is None
+                                                                 else {**final, "precision": precision}))
+
+    record("static", other)
+    text = report_markdown(build_report(folder), [], tmp_path, None)
+    flags = text.split("## Flags")[1].split("##")[0]
+    assert (f"- pre-training runs at more than one precision (dynamic {ours}; static {other}): they round "
+            "differently, so a difference between arms may be partly the precision's\n") in flags
+    assert f"different precisions ({other} vs {ours})" in text  # beside static's comparison with dynamic
+    record("dynamic", None)  # a run recorded before runs wrote their precision
+    report = build_report(folder)
+    assert report.tidy[report.tidy["point"] == "dynamic"]["precision"].isna().all()
+    assert [f["flag"] for f in report.flags if "precision" in f["kind"]] == [
+        "precision unrecorded for 1 of 2 pre-training runs (made before runs recorded it); the other runs trained "
+        f"at {other}"]
+    assert not any("different precisions" in flags for flags in report.comparisons["flags"].dropna())
+
+
+def test_an_arm_whose_seeds_ran_at_two_precisions_is_named_with_its_counts():
+    import pandas as pd
+
+    from harness.report.report import precision_flags
+
+    runs = pd.DataFrame([{"point": p, "run_dir": f"{p}{s}", "precision": precision}
+                         for p, s, precision in [("a", 0, "32-true"), ("a", 1, "32-true"), ("b", 0, "bf16-mixed"),
+                                                 ("b", 1, "32-true"), ("b", 2, "32-true"), ("b", 3, None),
+                                                 ("none", 0, "16-mixed")]])
+    [flag] = precision_flags(runs, ["a", "b"])  # the no-pre-training row ("none") is not compared
+    assert flag["flag"] == ("pre-training runs at more than one precision (a 32-true; b 32-true (2 runs) and "
+                            "bf16-mixed (1 run)): they round differently, so a difference between arms may be partly "
+                            "the precision's; precision unrecorded for 1 of 6 pre-training runs (made before runs "
+                            "recorded it)")
+    # nothing recorded (the committed reports' runs): no flag, no value made up
+    assert precision_flags(runs.assign(precision=None), ["a", "b"]) == []
 
 
 def test_bad_input_is_one_line(results, tmp_path, capsys):
@@ -341,7 +413,8 @@ def test_the_papers_claims_are_judged_through_the_report(results):
 def test_the_committed_reports_have_the_columns_harness_report_writes_today(results):
     """reports/<study>-<scale>/tidy.csv are rebuilt by `harness report`; a change of the tidy table's columns (a new
     config field, a new metric) must come with the reports regenerated. Axis and per-task dev columns depend on
-    the study and its tasks, so they are left out of the comparison."""
+    the study and its tasks, so they are left out of the comparison. A report whose run directories are gone gets
+    a new column with empty cells, as `harness report` writes it for records made before the field (`precision`)."""
     import pandas as pd
 
     def shared(columns) -> list[str]:

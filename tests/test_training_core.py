@@ -306,3 +306,34 @@ def test_length_grouped_batches_cut_padding_and_keep_each_inputs_masks(shared_da
     real, padded = curves["train/tokens_per_update"].dropna(), curves["train/padded_tokens_per_update"].dropna()
     assert (padded <= 512).all() and real.sum() / padded.sum() > 0.9
     assert metrics["steps"] == 12
+
+
+class UpdateContents(Callback):
+    """The (epoch, input) keys of each update's micro-batches, ghosts left out."""
+
+    def __init__(self) -> None:
+        self.updates: dict[int, list[tuple[int, int]]] = {}
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        keys = zip(batch["mask_epoch"].tolist(), batch["example_index"].tolist(), strict=True)
+        self.updates.setdefault(trainer.global_step, []).extend(k for k in keys if k[0] != -1)
+
+
+def test_impl_micro_batch_size_changes_the_split_of_a_token_update_not_its_inputs(shared_data, tmp_path):
+    """optim.batch_tokens with 1, 2 and 4 micro-batches per update (impl.micro_batch_size): every update holds the same
+    inputs with the same masks, so the losses agree to float rounding (dropout 0, fp32)."""
+    tokens = ["optim.batch_tokens=512", "data.packing=doc_sentences", "model.dropout=0", "budget.max_steps=4",
+              "impl.precision=32-true"]
+    runs = {}
+    for name, extra in [("one", []), ("two", ["impl.micro_batch_size=4"]), ("four", ["impl.micro_batch_size=2"])]:
+        contents = UpdateContents()
+        metrics, curves = _run(shared_data, tmp_path / name, *tokens, *extra, callbacks=[contents])
+        runs[name] = ({step: sorted(keys) for step, keys in contents.updates.items()}, metrics, curves)
+    one, metrics, curves = runs["one"]
+    assert len(one) == 4 and len({len(keys) for keys in one.values()}) > 1  # the inputs per update vary
+    for name in ("two", "four"):
+        updates, other, other_curves = runs[name]
+        assert updates == one, name
+        assert other["tokens_seen"] == metrics["tokens_seen"]
+        torch.testing.assert_close(other_curves["train/mlm_loss"].dropna().to_numpy(),
+                                   curves["train/mlm_loss"].dropna().to_numpy(), rtol=1e-4, atol=1e-5)

@@ -18,6 +18,7 @@ Validation uses `EpochBatchSampler`: one finite pass in a fixed order.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from harness.data.masking import IGNORE_INDEX
 from harness.data.packing import batch_by_tokens
 
 Key = tuple[int, int]  # (epoch, example index)
+GHOST = -1  # the epoch of a ghost input: fed only so that no micro-batch is empty (split_update); no loss, no count
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
@@ -93,34 +95,60 @@ class EpochBatchSampler(Sampler[list[Key]]):
         return len(self._batches())
 
 
+def split_update(update: list[Key], lengths: np.ndarray, parts: int) -> list[list[Key]]:
+    """One update's inputs as `parts` micro-batches (accumulation x ranks): sorted by length (ties in stream order),
+    so that a micro-batch holds inputs of similar length, and cut where the real tokens come closest to equal shares.
+    The split decides only which forward pass computes an input, never which inputs the update holds. An update with
+    fewer inputs than parts (the short last batch of a length-grouped pass) fills its empty micro-batches with a
+    ghost: its first input again under the epoch `GHOST`, which the collator gives no label and the counts skip, so
+    every rank still runs its forward and backward pass and the update's gradient is unchanged."""
+    if parts == 1:
+        return [update]
+    order = sorted(range(len(update)), key=lambda i: (lengths[update[i][1]], i))
+    tokens, n = np.cumsum([lengths[update[i][1]] for i in order]), len(order)
+    cuts = [0]
+    for part in range(1, parts):
+        share = tokens[-1] * part / parts
+        cut = int(np.searchsorted(tokens, share)) + 1  # the first cut that reaches the share, or the one before
+        cut -= int(cut > 1 and share - tokens[cut - 2] < tokens[cut - 1] - share)
+        # at least one input per micro-batch when there are enough; else one each, then ghosts
+        cuts.append(min(max(cut, cuts[-1] + 1), n - (parts - part)) if n >= parts else min(part, n))
+    cuts.append(n)
+    ghost = [(GHOST, update[0][1])]
+    return [[update[i] for i in order[a:b]] or ghost for a, b in pairwise(cuts)]
+
+
 class StreamBatchSampler(Sampler[list[Key]]):
-    """This rank's training micro-batches: the endless stream of epochs cut into micro-batches of `batch_size`
-    examples, or of at most `max_tokens` real tokens (greedy, packing's rule), or of at most `max_tokens` padded
-    positions among inputs of similar length (group_by_length), and dealt round-robin to the ranks
-    (global micro-batch g goes to rank g % world_size). By count, the update's examples are the same whatever the
-    split into micro-batches and ranks: stream positions [u*B, (u+1)*B) for update u of B sequences.
+    """This rank's training micro-batches. The endless stream of epochs is cut into updates first, of
+    `batch_size` x world_size x accumulate examples (by count) or of at most `update_tokens` real tokens (greedy,
+    packing's rule) or padded positions among inputs of similar length (group_by_length); each update is then split
+    into `parts` micro-batches (accumulation x ranks) and dealt round-robin to the ranks (global micro-batch g goes
+    to rank g % world_size). So the inputs of an update never depend on how it is split: by count, stream positions
+    [u*B, (u+1)*B) for update u of B sequences; by tokens, the update the budget cuts, whatever impl says.
 
     `num_batches` is this rank's share of the run (its length); `start` the micro-batches consumed before a resume."""
 
     def __init__(self, lengths: Sequence[int] | np.ndarray, *, seed: int, num_batches: int,
-                 batch_size: int | None = None, max_tokens: int | None = None, group_by_length: bool = False,
-                 rank: int = 0, world_size: int = 1) -> None:
-        if (batch_size is None) == (max_tokens is None):
-            raise ValueError("give exactly one of batch_size and max_tokens")
-        if group_by_length and max_tokens is None:
-            raise ValueError("group_by_length batches by a token budget: give max_tokens")
+                 batch_size: int | None = None, update_tokens: int | None = None, parts: int = 1,
+                 group_by_length: bool = False, rank: int = 0, world_size: int = 1) -> None:
+        if (batch_size is None) == (update_tokens is None):
+            raise ValueError("give exactly one of batch_size and update_tokens")
+        if group_by_length and update_tokens is None:
+            raise ValueError("group_by_length batches by a token budget: give update_tokens")
+        if update_tokens is not None and parts % world_size:
+            raise ValueError(f"parts = {parts} micro-batches per update cannot be dealt to {world_size} ranks")
         self.lengths = np.asarray(lengths)
         if len(self.lengths) == 0:
             raise ValueError("no training examples to sample from")
         self.seed, self.num_batches = seed, num_batches
-        self.batch_size, self.max_tokens, self.group_by_length = batch_size, max_tokens, group_by_length
-        self.rank, self.world_size = rank, world_size
+        self.batch_size, self.update_tokens, self.group_by_length = batch_size, update_tokens, group_by_length
+        self.parts, self.rank, self.world_size = parts, rank, world_size
         self.start = 0
         self._orders: dict[int, np.ndarray] = {}
 
     def order(self, epoch: int) -> np.ndarray:
         if epoch not in self._orders:
-            if len(self._orders) > 2:  # a micro-batch spans at most two epochs (or a few, for tiny data)
+            if len(self._orders) > 2:  # an update spans at most two epochs (or a few, for tiny data)
                 self._orders.pop(min(self._orders))
             self._orders[epoch] = epoch_order(len(self.lengths), self.seed, epoch, shuffle=True)
         return self._orders[epoch]
@@ -136,20 +164,20 @@ class StreamBatchSampler(Sampler[list[Key]]):
             yield self._keys(np.arange(g * self.batch_size, (g + 1) * self.batch_size))
             g += self.world_size
 
-    def _token_batches(self) -> Iterator[list[Key]]:
-        """Every global micro-batch by tokens, in order. Greedy over the stream (a batch may span an epoch end), or
-        length-grouped per pass (fairseq's batch_by_size; the passes follow each other)."""
+    def updates(self) -> Iterator[list[Key]]:
+        """Every update by tokens, in order, whatever the split. Greedy over the stream (an update may span an epoch
+        end), or length-grouped per pass (fairseq's batch_by_size; the passes follow each other)."""
         epoch = 0
         if self.group_by_length:
             while True:
-                for batch in batches_by_padded_tokens(self.lengths, self.seed, epoch, self.max_tokens):
+                for batch in batches_by_padded_tokens(self.lengths, self.seed, epoch, self.update_tokens):
                     yield [(epoch, int(i)) for i in batch]
                 epoch += 1
         batch, total = [], 0
         while True:
             order = self.order(epoch)
             for index, length in zip(order.tolist(), self.lengths[order].tolist(), strict=True):
-                if batch and total + length > self.max_tokens:
+                if batch and total + length > self.update_tokens:
                     yield batch
                     batch, total = [], 0
                 batch.append((epoch, index))
@@ -157,15 +185,17 @@ class StreamBatchSampler(Sampler[list[Key]]):
             epoch += 1
 
     def _by_tokens(self, first: int) -> Iterator[list[Key]]:
-        """This rank's share; the batches before `first` are replayed (cheap: keys only, nothing collated)."""
-        skip = first * self.world_size + self.rank
-        for g, batch in enumerate(self._token_batches()):
-            if g >= skip and (g - self.rank) % self.world_size == 0:
-                yield batch
+        """This rank's share; the micro-batches before `first` are replayed (cheap: keys only, nothing collated)."""
+        skip, g = first * self.world_size + self.rank, 0
+        for update in self.updates():
+            for batch in split_update(update, self.lengths, self.parts):
+                if g >= skip and (g - self.rank) % self.world_size == 0:
+                    yield batch
+                g += 1
 
     def first_batch_of_epoch(self, epoch: int) -> int:
         """This rank's number of the first micro-batch that starts inside `epoch` (for looking at an epoch)."""
-        if self.max_tokens is None:
+        if self.update_tokens is None:
             g = -(-epoch * len(self.lengths) // self.batch_size)  # the first global batch starting at or after it
             return -(-(g - self.rank) // self.world_size)
         for number, batch in enumerate(self._by_tokens(0)):
@@ -174,7 +204,7 @@ class StreamBatchSampler(Sampler[list[Key]]):
         raise AssertionError("unreachable: the stream is endless")
 
     def __iter__(self) -> Iterator[list[Key]]:
-        stream = self._by_count(self.start) if self.max_tokens is None else self._by_tokens(self.start)
+        stream = self._by_count(self.start) if self.update_tokens is None else self._by_tokens(self.start)
         for _ in range(self.num_batches - self.start):
             yield next(stream)
 
@@ -206,7 +236,8 @@ class UpdateLoader(DataLoader):
 
     def _release(self, update: list[dict[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
         masked = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in update)
-        sequences = sum(int(b["input_ids"].shape[0]) for b in update)
+        sequences = sum(int(b["input_ids"].shape[0]) - int(b["ghost"].sum()) if "ghost" in b else
+                        int(b["input_ids"].shape[0]) for b in update)
         for batch in update:
             batch["update_masked_tokens"] = torch.tensor(masked, dtype=torch.long)
             batch["update_sequences"] = torch.tensor(sequences, dtype=torch.long)

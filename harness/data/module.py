@@ -21,6 +21,7 @@ from harness.config import ConfigError, RunConfig
 from harness.data.examples import PackedExamples, PackingPlan, build_packed
 from harness.data.heldout import CharCountingCollator, CommonValidation, build_common_validation
 from harness.data.loader import (
+    GHOST,
     EpochBatchSampler,
     Key,
     StreamBatchSampler,
@@ -55,20 +56,19 @@ class TrainBudget:
     accumulate: int  # micro-batches per update per device
     devices: int
     sequences_per_update: int | None  # batching by count (all devices together)
-    micro_batch_tokens: int | None  # batching by tokens: the budget of one micro-batch
+    update_tokens: int | None  # batching by tokens: the budget of one update (all devices together)
     group_by_length: bool = False  # the token budget counts padded positions among inputs of similar length
 
     def tokens_per_update(self, lengths: np.ndarray, seed: int) -> float:
         """Real tokens one update holds on average: by count, the mean row length times the batch; by tokens, the
-        greedy micro-batches of the first epoch's order (each a little under its budget), times the micro-batches."""
-        if self.micro_batch_tokens is None:
+        mean of the first epoch's updates (each a little under its budget; how they are split does not matter)."""
+        if self.update_tokens is None:
             return float(self.sequences_per_update * np.mean(lengths))
         if self.group_by_length:
-            micro = batches_by_padded_tokens(lengths, seed, 0, self.micro_batch_tokens)
+            updates = batches_by_padded_tokens(lengths, seed, 0, self.update_tokens)
         else:
-            micro = batches_by_tokens(epoch_order(len(lengths), seed, 0, shuffle=True), lengths,
-                                      self.micro_batch_tokens)
-        return float(np.mean([lengths[b].sum() for b in micro])) * self.accumulate * self.devices
+            updates = batches_by_tokens(epoch_order(len(lengths), seed, 0, shuffle=True), lengths, self.update_tokens)
+        return float(np.mean([lengths[b].sum() for b in updates]))
 
     def plan(self, lengths: np.ndarray, seed: int) -> tuple[int, float]:
         """(updates, sequences the run will feed) for packed rows of these lengths; by tokens, the sequences are
@@ -128,6 +128,8 @@ class TrainExamples(torch.utils.data.Dataset):
 
     def __getitem__(self, key: Key) -> tuple[int, int, int]:
         epoch, index = key
+        if epoch == GHOST:  # a ghost keeps its epoch: the collator gives it no label
+            return GHOST, index, int(self.rows[index])
         return mask_key(self.masking, epoch, int(self.copies[index])), index, int(self.rows[index])
 
 
@@ -173,7 +175,9 @@ class MaskingCollator:
         epochs, indices, rows = (np.array(column, dtype=np.int64) for column in zip(*items, strict=True))
         ids, lengths = self._pad(list(rows))
         positions = np.arange(ids.shape[1])[None, :]
-        masked, labels = self._mask(ids, epochs, indices)
+        ghost = epochs == GHOST  # fed only so that no micro-batch is empty (loader.split_update): no label
+        masked, labels = self._mask(ids, np.where(ghost, 0, epochs), indices)
+        labels[ghost] = IGNORE_INDEX
         batch = {"input_ids": torch.from_numpy(masked),
                  "attention_mask": torch.from_numpy((positions < lengths[:, None]).astype(np.int64)),
                  "labels": torch.from_numpy(labels.astype(np.int64))}
@@ -182,7 +186,10 @@ class MaskingCollator:
             types = (positions >= a_lengths[:, None]) & (positions < lengths[:, None])
             batch["token_type_ids"] = torch.from_numpy(types.astype(np.int64))
         if self.nsp:
-            batch["next_sentence_label"] = torch.from_numpy(np.asarray(self.packed.nsp, dtype=np.int64)[rows])
+            nsp = np.asarray(self.packed.nsp, dtype=np.int64)[rows]
+            batch["next_sentence_label"] = torch.from_numpy(np.where(ghost, IGNORE_INDEX, nsp))
+        if ghost.any():
+            batch["ghost"] = torch.from_numpy(ghost)
         batch["example_index"] = torch.from_numpy(indices)
         batch["mask_epoch"] = torch.from_numpy(epochs)
         return batch
@@ -194,11 +201,11 @@ class PretrainDataModule(pl.LightningDataModule):
     harness.recipe), not from the config, so the model and the data cannot disagree about them."""
 
     def __init__(self, config: RunConfig, *, nsp: bool, token_types: bool, data_dir: str | Path | None = None,
-                 micro_batch_size: int, micro_batch_tokens: int | None = None, budget: TrainBudget) -> None:
+                 micro_batch_size: int, budget: TrainBudget) -> None:
         super().__init__()
         self.config, self.data_dir = config, data_dir
         self.nsp, self.token_types = nsp, token_types
-        self.micro_batch_size, self.micro_batch_tokens = micro_batch_size, micro_batch_tokens
+        self.micro_batch_size = micro_batch_size
         self.budget = budget
         self.train_examples: TrainExamples | None = None
         self.val_examples: ValidationExamples | None = None
@@ -293,9 +300,10 @@ class PretrainDataModule(pl.LightningDataModule):
         d = self.config.data
         sampler = StreamBatchSampler(self.train_examples.lengths(), seed=self.config.seed,
                                      num_batches=self.total_updates * self.budget.accumulate,
-                                     batch_size=None if self.micro_batch_tokens else self.micro_batch_size,
-                                     max_tokens=self.micro_batch_tokens, group_by_length=self.budget.group_by_length,
-                                     rank=rank, world_size=world)
+                                     batch_size=None if self.budget.update_tokens else self.micro_batch_size,
+                                     update_tokens=self.budget.update_tokens,
+                                     parts=self.budget.accumulate * self.budget.devices,
+                                     group_by_length=self.budget.group_by_length, rank=rank, world_size=world)
         masks = MaskSettings(d.mask_prob, d.mask_token_fraction, d.random_token_fraction, d.mask_count,
                              d.max_predictions_per_seq)
         return UpdateLoader(self.train_examples, sampler, accumulate=self.budget.accumulate,

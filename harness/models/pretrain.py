@@ -196,18 +196,21 @@ class PretrainModule(pl.LightningModule):
             nsp_sum = nsp_losses.sum()
             nsp_correct = (out["nsp_logits"].argmax(-1) == target).sum()
             loss = loss + nsp_sum / sequences_total  # unweighted sum of the two means, as Google's BERT
-        self._count_micro_batch(batch["attention_mask"], token_losses.numel(), mlm_sum, nsp_sum, nsp_correct)
+        real = batch["attention_mask"] if "ghost" not in batch else batch["attention_mask"][~batch["ghost"]]
+        self._count_micro_batch(real, token_losses.numel(), mlm_sum, nsp_sum, nsp_correct,
+                                computed=batch["attention_mask"].numel())
         # Lightning divides by the accumulation factor and DDP averages over ranks: undo both, so the gradient of
         # the update is exactly that of (sum of token losses) / (masked tokens of the update).
         trainer = self._trainer
         return loss * (trainer.accumulate_grad_batches * trainer.world_size if trainer else 1)
 
     def _count_micro_batch(self, attention_mask: Tensor, masked: int, mlm_sum: Tensor, nsp_sum: Tensor,
-                           nsp_correct: Tensor) -> None:
+                           nsp_correct: Tensor, computed: int) -> None:
+        """`attention_mask` of the real inputs (a ghost input, loader.split_update, is computed but not counted)."""
         # Kept on the device and summed without .item(): the host reads them once per update.
         if self._update_counts.device != attention_mask.device:
             self._update_counts = self._update_counts.to(attention_mask.device)
-        sizes = torch.tensor([masked, attention_mask.numel(), attention_mask.shape[0]], dtype=torch.float64)
+        sizes = torch.tensor([masked, computed, attention_mask.shape[0]], dtype=torch.float64)
         losses = torch.stack([mlm_sum.detach(), nsp_sum.detach(), nsp_correct.to(mlm_sum.dtype)]).double()
         self._update_counts += torch.cat([attention_mask.sum().double()[None],
                                           sizes.to(attention_mask.device, non_blocking=True), losses])

@@ -38,7 +38,7 @@ from harness.study.results import best_by_median
 PAPER_TABLES = Path(__file__).with_name("paper_tables.yaml")
 PRETRAIN_METRICS = ("steps", "tokens_seen", "common_val_ppl", "common_val_bpc", "val_mlm_loss", "val_ppl",
                     "train_tokens_per_update", "train_padded_tokens_per_update", "train_sequences_per_update",
-                    "corpus_digest", "tokenizer_digest")
+                    "corpus_digest", "tokenizer_digest", "precision")
 # The common held-out set is scored the same way for every tokenizer and input format: the columns every table has.
 HELDOUT = {"ppl": "common_val_ppl", "bpc": "common_val_bpc"}
 LOWER_IS_BETTER = {"ppl", "bpc"}
@@ -339,7 +339,8 @@ def _tidy_rows(plan: Plan, problems: list[str]) -> list[dict[str, Any]]:
             final = _read(plan.path(evaluation), problems, required=("score",))
             if final is not None:
                 rows.append({**base, "task": evaluation.task.name, "metric": _metric(evaluation.task.name),
-                             "finetune_lr": None, "finetune_seed": None, "score": final["score"], "lr_grid": None,
+                             "finetune_lr": None, "finetune_seed": None, "finetune_precision": None,
+                             "score": final["score"], "lr_grid": None,
                              "job_dir": str(plan.path(evaluation)),
                              **{f"dev.{k}": v for k, v in _zero_shot_figures(final).items()}})
                 added += 1
@@ -348,14 +349,15 @@ def _tidy_rows(plan: Plan, problems: list[str]) -> list[dict[str, Any]]:
             final = _read(plan.path(trial), problems, required=("score",))
             if final is not None:
                 rows.append({**base, "task": trial.task.name, "metric": _metric(trial.task.name),
-                             "finetune_lr": trial.lr, "finetune_seed": trial.seed, "score": final["score"],
+                             "finetune_lr": trial.lr, "finetune_seed": trial.seed,
+                             "finetune_precision": final.get("precision"), "score": final["score"],
                              "job_dir": str(plan.path(trial)),
                              "lr_grid": ",".join(map(str, trial.settings.learning_rates)),
                              **{f"dev.{k}": v for k, v in final.get("dev", {}).items() if k != "score"}})
                 added += 1
         if not added:  # a run without fine-tuning results still carries its held-out figures
             rows.append({**base, "task": None, "metric": None, "finetune_lr": None, "finetune_seed": None,
-                         "score": None})
+                         "finetune_precision": None, "score": None})
     return rows
 
 
@@ -573,7 +575,8 @@ COMMON_PACKING = "doc_sentences"  # harness.data.heldout packs the common held-o
 def run_flags(report: StudyReport) -> list[dict[str, Any]]:
     """Per arm (not the no-pre-training row): its held-out curve still falling at the end (the slope of its last
     two evaluations, as the relative change over a tenth of the run's tokens, median over seeds), fewer than
-    MIN_UPDATES updates, a training input packed unlike the common held-out set."""
+    MIN_UPDATES updates, a training input packed unlike the common held-out set; and, for the study, the arms'
+    pre-training runs at more than one recorded precision (`precision_flags`)."""
     runs = report.tidy.drop_duplicates("run_dir") if len(report.tidy) else report.tidy
     rows = []
     for point in report.arms:
@@ -599,7 +602,38 @@ def run_flags(report: StudyReport) -> list[dict[str, Any]]:
                          "short": f"held-out set packed unlike {point}'s input",
                          "flag": f"{point} trains on {packing}{' with NSP' if nsp else ''}; the common held-out set "
                                  f"is packed as {COMMON_PACKING} without NSP"})
-    return rows
+    return rows + precision_flags(runs, report.arms)
+
+
+def precision_flags(runs: Any, arms: list[str]) -> list[dict[str, Any]]:
+    """The compared arms' pre-training runs at more than one recorded precision (bf16 autocast rounds unlike fp32:
+    part of a difference may be the precision's). A run made before runs recorded their precision is not known
+    (never guessed, never a precision of its own): with others recorded, their number is said."""
+    if not len(runs) or "precision" not in runs:
+        return []
+    mine = runs[runs["point"].isin(arms)]
+    known = mine.dropna(subset=["precision"])
+    unrecorded = len(mine) - len(known)
+    if not len(known) or (known["precision"].nunique() == 1 and not unrecorded):
+        return []
+    missing = f"precision unrecorded for {unrecorded} of {len(mine)} pre-training runs (made before runs recorded it)"
+    if known["precision"].nunique() == 1:
+        return [{"point": None, "kind": "precision unrecorded", "columns": "all", "short": missing,
+                 "flag": f"{missing}; the other runs trained at {known['precision'].iloc[0]}"}]
+    by_arm = "; ".join(f"{point} {_counted(known[known['point'] == point]['precision'])}" for point in arms
+                       if (known["point"] == point).any())
+    return [{"point": None, "kind": "mixed precision", "columns": "all", "short": "pre-training precisions differ",
+             "flag": f"pre-training runs at more than one precision ({by_arm}): they round differently, so a "
+                     "difference between arms may be partly the precision's"
+                     + (f"; {missing}" if unrecorded else "")}]
+
+
+def _counted(values: Any) -> str:
+    """`32-true`, or `bf16-mixed (1 run) and 32-true (2 runs)` for an arm whose seeds ran at different precisions."""
+    counts = values.value_counts()
+    if len(counts) == 1:
+        return str(counts.index[0])
+    return " and ".join(f"{value} ({n} run{'s' if n > 1 else ''})" for value, n in counts.items())
 
 
 def last_tenth_change(run_dir: Path) -> float | None:
@@ -624,7 +658,8 @@ def last_tenth_change(run_dir: Path) -> float | None:
 
 def _pair_flags(report: StudyReport, point: str, reference: str, column: str) -> list[str]:
     """What qualifies point vs reference on `column`: either arm's run flags, unequal tokens (beyond 5%), a best
-    fine-tuning lr on the grid's edge (a grid of more than one lr), perplexities of different tokenizers."""
+    fine-tuning lr on the grid's edge (a grid of more than one lr), perplexities of different tokenizers, pre-training
+    at different recorded precisions."""
     flags = [row["short"] for row in (report.flags or []) if row["point"] in (point, reference)
              and (row["columns"] == "all" or column in (HELDOUT_COLUMN, *HELDOUT))]
     tokens = _tokens(report.tidy)
@@ -639,6 +674,9 @@ def _pair_flags(report: StudyReport, point: str, reference: str, column: str) ->
     vocabularies = _vocabularies(report.tidy)
     if column == "ppl" and vocabularies.get(point) != vocabularies.get(reference):
         flags.append("different tokenizers: perplexities do not compare, bits per character do")
+    precisions = _precisions(report.tidy)
+    if precisions.get(point) and precisions.get(reference) and precisions[point] != precisions[reference]:
+        flags.append(f"different precisions ({precisions[point]} vs {precisions[reference]})")
     return flags
 
 
@@ -646,6 +684,14 @@ def _tokens(tidy: Any) -> dict[str, float]:
     if not len(tidy) or "tokens_seen" not in tidy:
         return {}
     return tidy.drop_duplicates("run_dir").groupby("point")["tokens_seen"].median().to_dict()
+
+
+def _precisions(tidy: Any) -> dict[str, str]:
+    """Point -> the precisions its pre-training runs recorded (`bf16-mixed/32-true` when its seeds differ)."""
+    if not len(tidy) or "precision" not in tidy:
+        return {}
+    known = tidy.drop_duplicates("run_dir").dropna(subset=["precision"])
+    return {point: "/".join(sorted(group.unique())) for point, group in known.groupby("point")["precision"]}
 
 
 def _vocabularies(tidy: Any) -> dict[str, tuple[Any, ...]]:

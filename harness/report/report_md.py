@@ -271,7 +271,7 @@ def report_markdown(report: StudyReport, figures: list[Path], target: Path, comm
              study.description, "",
              f"- results: `{report.folder}`; grid: `{_grid_path(report)}`",
              f"- corpus: `{first.corpus.path or first.corpus.hub}`{_digests(runs)}; model: {first.model.family} "
-             f"`{first.model.size}`",
+             f"`{first.model.size}`; pre-training precision: {_precisions(runs)}",
              f"- pre-training seeds: {sorted({r.seed for r in study.runs})}; fine-tuning seeds: {seeds_ft}",
              "- tokens seen per arm: " + (", ".join(f"{k} {int(v):,}" for k, v in tokens.items()) or "none yet"),
              f"- commit: {_commit(runs)}; made by: `{command or 'harness report ' + str(report.folder)}`",
@@ -301,6 +301,16 @@ def _digests(runs: Any) -> str:
         return ""
     return f" (corpus_digest {', '.join(known)}" + (f"; {unknown} run(s) recorded before the digest" if unknown
                                                     else "") + ")"
+
+
+def _precisions(runs: Any) -> str:
+    """The precisions the finished pre-training runs recorded; runs made before runs recorded it are counted, not
+    guessed (the flags say when the arms differ)."""
+    if not len(runs) or "precision" not in runs or runs["precision"].isna().all():
+        return "not recorded"
+    unknown = int(runs["precision"].isna().sum())
+    return ", ".join(sorted(runs["precision"].dropna().unique())) + (f" ({unknown} run(s) not recorded)" if unknown
+                                                                     else "")
 
 
 def _wall_clock(report: StudyReport) -> str:
