@@ -106,7 +106,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     result = sweep(args.grid, scale=args.scale, results=args.results, data_dir=args.data_dir,
                    overrides=args.overrides, tasks=tasks, workers=args.workers, dry_run=args.dry_run, only=args.only,
                    max_jobs=args.max_jobs, retry_failed=args.retry_failed, launcher=args.launcher,
-                   address=args.address, verbose=args.verbose)
+                   address=args.address, verbose=args.verbose, gpu=args.gpu, throughput=args.throughput)
     return result.exit_status
 
 
@@ -198,6 +198,11 @@ def _sweep_args(command: argparse.ArgumentParser, grid: Path | None = None) -> N
     command.add_argument("--max-jobs", type=int, help="run at most N jobs, then stop")
     command.add_argument("--dry-run", action="store_true", help="print the plan and the jobs to run; run nothing")
     command.add_argument("--retry-failed", action="store_true", help="run failed jobs again")
+    command.add_argument("--gpu", metavar="NAME", help="with the plan, project each pre-training run's hours on one "
+                         "such GPU from its datasheet bf16 peak at an assumed MFU (h100, h200, a100, l40s, l4, a10g, "
+                         "4090)")
+    command.add_argument("--throughput", type=Path, metavar="JSON", help="with the plan, project each pre-training "
+                         "run's hours from a measured tokens_per_s (benchmarks/gpu_check.py's gpu_check.json)")
     command.add_argument("--verbose", action="store_true", help="show each job's own console lines (Lightning, "
                          "wandb, warnings) here too; without it they go to the job directory's console.log")
 

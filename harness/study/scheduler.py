@@ -32,6 +32,7 @@ from harness.study.jobs import (
     write_study_file,
 )
 from harness.study.launch_local import LocalLauncher, threads_per_worker
+from harness.study.projection import Throughput, datasheet_throughput, measured_throughput, projection_lines
 from harness.study.results import comparison_table, format_table
 
 LAUNCHERS = ("local", "ray")
@@ -55,13 +56,16 @@ def sweep(grid: str | Path, *, scale: str | None = None, results: str | Path = "
           data_dir: str | Path | None = None, overrides: list[str] | None = None, tasks: list[str] | None = None,
           workers: int = 1, dry_run: bool = False, only: str | None = None, max_jobs: int | None = None,
           retry_failed: bool = False, launcher: str = "local", address: str | None = None,
-          out: TextIO | None = None, verbose: bool = False) -> SweepResult:
+          out: TextIO | None = None, verbose: bool = False, gpu: str | None = None,
+          throughput: str | Path | None = None) -> SweepResult:
     """Run the missing jobs of a grid file (see the module docstring); returns what happened. Raises GridError
-    (one line) for any bad input before any work."""
+    (one line) for any bad input before any work. `gpu` (a datasheet name) or `throughput` (a measured JSON): the
+    plan also projects each pre-training run's GPU-hours (harness.study.projection)."""
     out = out or sys.stdout
     if workers < 1 or (max_jobs is not None and max_jobs < 1):
         raise GridError(f"--workers {workers} / --max-jobs {max_jobs}: allowed: integers >= 1")
     check_launcher(launcher, address)
+    rate = projected_throughput(gpu, throughput)
     plan = expand(load_grid(grid, scale, overrides, tasks, data_dir), results)
     selected = plan.select(only)
     if not selected:
@@ -77,6 +81,9 @@ def sweep(grid: str | Path, *, scale: str | None = None, results: str | Path = "
     if not dry_run:  # what `harness report` needs to re-expand this plan from the results folder alone
         write_study_file(plan.results_root / plan.study.experiment, Path(grid), scale, overrides, tasks, data_dir)
     print_plan(plan, selected, statuses, len(todo), out)
+    if rate is not None:
+        runs = [(job.name, job.run.config) for job in selected if isinstance(job, PretrainJob)]
+        print("\n".join(f"  {line}" for line in projection_lines(runs, rate)), file=out, flush=True)
     if dry_run:
         for job in todo:
             print(f"  would run {job.name} ({statuses[job.name]})", file=out)
@@ -105,6 +112,15 @@ def print_plan(plan: Plan, selected: list[Job], statuses: dict[str, RecordStatus
     if study.skipped_tasks:
         print(f"  left out (when_present, no data here): {', '.join(study.skipped_tasks)}", file=out)
     print(f"  {estimate(plan, statuses).describe()}", file=out, flush=True)
+
+
+def projected_throughput(gpu: str | None, throughput: str | Path | None) -> Throughput | None:
+    """--gpu or --throughput (one of them), read and checked before any work; None when neither is given."""
+    if gpu is not None and throughput is not None:
+        raise GridError(f"--gpu {gpu} and --throughput {throughput}: allowed: one of them")
+    if gpu is not None:
+        return datasheet_throughput(gpu)
+    return None if throughput is None else measured_throughput(throughput)
 
 
 def check_launcher(launcher: str, address: str | None) -> None:
