@@ -174,6 +174,10 @@ class ModelConfig(ConfigSection):
     )
     size: SizePreset = Field("tiny", description="tiny | mini | small | medium | base (paper) | large")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="hidden and attention dropout")
+    activation: Literal["gelu", "gelu_tanh"] = Field(
+        "gelu", description="feed-forward activation: gelu (exact, erf; fairseq and RoBERTa) or gelu_tanh (the tanh "
+        "approximation of Google's BERT modeling.py)"
+    )
 
     @property
     def layers(self) -> int:
@@ -297,6 +301,9 @@ class LoggingConfig(ConfigSection):
 
 
 OUTCOME_SECTIONS = ("seed", "corpus", "tokenizer", "data", "model", "optim", "budget")
+# Outcome fields added after runs were recorded, with the default every earlier run had: hashed only when set away
+# from it, so adding a field never changes the id of a run that did not use it (a resumed sweep keeps its runs).
+ADDED_LATER: dict[tuple[str, str], Any] = {("model", "activation"): "gelu"}
 
 
 class RunConfig(ConfigSection):
@@ -387,6 +394,9 @@ class RunConfig(ConfigSection):
         """Hash of the outcome-affecting fields only: equal ids mean equal experiments."""
         dumped = self.model_dump(mode="json")
         outcome = {key: dumped[key] for key in OUTCOME_SECTIONS}
+        for (section, field), default in ADDED_LATER.items():
+            if outcome[section][field] == default:
+                del outcome[section][field]
         return hashlib.sha256(json.dumps(outcome, sort_keys=True).encode()).hexdigest()[:10]
 
     def run_name(self) -> str:

@@ -50,6 +50,7 @@ _BERT: dict[str, Any] = {
     **_MASKING_AND_DROPOUT,
     "tokenizer.kind": "wordpiece",  # Devlin 3: 30K WordPiece, [CLS]/[SEP]
     "model.family": "bert",  # BertForPreTraining: MLM + NSP heads
+    "model.activation": "gelu_tanh",  # modeling.py gelu(): 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3)))
     "data.packing": "segment_pair",  # paper 4.2 SEGMENT-PAIR = create_pretraining_data.py
     "data.nsp": True,  # Devlin 3.1 task 2; run_pretraining.py adds the next-sentence loss
     "data.segment_embeddings": True,  # Devlin 3 (token_type embeddings, type_vocab_size=2)
@@ -72,11 +73,13 @@ RECIPES: dict[str, dict[str, Any]] = {
     # "we do not randomly inject short sequences" (3.1). Paper 4.1: 10 copies over 40 epochs, so each mask is seen
     # 4 times; `auto` keeps that ratio (passes / 4 copies) at budgets far below 40 epochs, where 10 fixed copies
     # would show each mask less than once and static masking would be dynamic in all but name.
-    "bert-reimpl": {**_BERT, "data.short_seq_prob": 0.0, "data.dupe_factor": "auto"},
+    # fairseq's BERT re-implementation: exact (erf) GELU, as fairseq's `gelu` and RoBERTa.
+    "bert-reimpl": {**_BERT, "data.short_seq_prob": 0.0, "data.dupe_factor": "auto", "model.activation": "gelu"},
     "roberta": {
         **_MASKING_AND_DROPOUT,
         "tokenizer.kind": "bpe",  # paper 4.4: byte-level BPE (GPT-2's, 50K units)
         "model.family": "roberta",  # RobertaForMaskedLM: no NSP head
+        "model.activation": "gelu",  # fairseq's `gelu` (erf), as in the released RoBERTa
         # paper 4.2: FULL-SENTENCES "in the remainder of our experiments"; fairseq --sample-break-mode complete
         "data.packing": "full_sentences",
         # paper 4.2: "an extra separator token between documents". fairseq's files also end every paragraph with

@@ -248,3 +248,27 @@ def test_recipes_choose_the_weight_decay_groups():
     assert load_config(recipe="roberta").optim.decay_norm_and_bias is True
     assert load_config(recipe="bert").optim.decay_norm_and_bias is False
     assert RunConfig().optim.decay_norm_and_bias is False  # the default keeps the exemption
+
+
+@pytest.mark.parametrize("recipe, act", [("bert", "gelu_pytorch_tanh"), ("bert-reimpl", "gelu"), ("roberta", "gelu")])
+def test_googles_bert_gets_the_tanh_gelu_and_fairseqs_recipes_the_exact_one(recipe, act):
+    """Google's modeling.py uses the tanh approximation; fairseq (the paper's re-implementation, RoBERTa) erf."""
+    config = load_config(recipe=recipe)
+    model = build_pretraining_model(config.model, vocab_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                    max_seq_length=32, nsp=config.data.nsp,
+                                    segment_embeddings=config.data.segment_embeddings)
+    assert model.config.hidden_act == act
+    x = torch.linspace(-3, 3, 61)
+    layer = model.base_model.encoder.layer[0].intermediate.intermediate_act_fn
+    exact = torch.nn.functional.gelu(x)
+    gap = (layer(x) - exact).abs().max()
+    assert (gap > 1e-4) == (recipe == "bert")  # the approximation differs from erf by up to ~5e-4
+
+
+def test_a_field_added_later_keeps_the_ids_of_runs_that_did_not_use_it():
+    """model.activation came after runs were recorded: at its default the run id is what it was before (these ids
+    were computed by the code before the field existed), set away from it the id changes."""
+    assert load_config().run_id() == "f257c67247"
+    assert load_config(recipe="bert-reimpl").run_id() == "c0d8a5644e"
+    assert load_config(recipe="roberta", preset="base").run_id() == "b5e3f290e7"
+    assert load_config(overrides=["model.activation=gelu_tanh"]).run_id() != "f257c67247"

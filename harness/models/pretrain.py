@@ -58,7 +58,8 @@ def build_pretraining_model(model: ModelConfig, *, vocab_size: int, pad_token_id
                          "next-sentence head; allowed: model.family = 'bert' for NSP")
     common: dict[str, Any] = dict(
         vocab_size=vocab_size, hidden_size=model.hidden, num_hidden_layers=model.layers,
-        num_attention_heads=model.heads, intermediate_size=model.intermediate, hidden_act="gelu",
+        num_attention_heads=model.heads, intermediate_size=model.intermediate,
+        hidden_act={"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}[model.activation],
         hidden_dropout_prob=model.dropout, attention_probs_dropout_prob=model.dropout,
         type_vocab_size=2 if segment_embeddings else 1, layer_norm_eps=LAYER_NORM_EPS[model.family],
         pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
