@@ -3,25 +3,35 @@ equal data settings (a sweep over batch size or learning rate packs nothing agai
 
 Storage is columnar numpy (flat token ids + offsets), memory-mapped on load, so a DataLoader worker reads a row
 in microseconds and nothing is pickled per example.
+
+Building streams: documents are read from the tokenized corpus a shard at a time (harness.data.document_views),
+packed as they are read, and the rows appended to the .npy files in chunks (`PackedWriter`); static copies are
+packed one after another. Memory is bounded by one shard of documents, whatever the corpus size.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from harness.data.cache import build_lock
-from harness.data.packing import Example, draws_randomly, iter_copies
+from harness.data.document_views import DEFAULT_SHARD_DOCUMENTS, document_view
+from harness.data.packing import Example, draws_randomly, stream_copies
 from harness.data.specials import SpecialTokens
 from harness.paths import atomic_dir
 
 EXAMPLES_CACHE_VERSION = 2
 NO_NSP = -1
+WRITE_ROWS = 4096  # rows converted and appended at a time
+NPY_HEADER_BYTES = 128  # numpy's format 1.0 header of a 1-D array, whatever its length
 
 
 @dataclass(frozen=True)
@@ -58,15 +68,6 @@ class PackedExamples:
                               self.copy[:rows], self.first_document[:rows], self.boundaries[:rows])
 
 
-def concatenate(parts: list[PackedExamples]) -> PackedExamples:
-    offsets = [parts[0].offsets]
-    for part in parts[1:]:
-        offsets.append(part.offsets[1:] + offsets[-1][-1])
-    join = {name: np.concatenate([getattr(p, name) for p in parts]) for name in PackedExamples.__dataclass_fields__
-            if name != "offsets"}
-    return PackedExamples(offsets=np.concatenate(offsets), **join)
-
-
 def examples_to_arrays(examples: list[Example], copy: int) -> PackedExamples:
     rows = examples
     lengths = np.fromiter((len(e.input_ids) for e in rows), dtype=np.int64, count=len(rows))
@@ -86,10 +87,60 @@ def examples_to_arrays(examples: list[Example], copy: int) -> PackedExamples:
     )
 
 
-def _save(packed: PackedExamples, folder: Path, settings: dict[str, Any]) -> None:
-    for name, array in vars(packed).items():
-        np.save(folder / f"{name}.npy", array)
-    (folder / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
+class PackedWriter:
+    """Appends rows to the .npy files of `folder` (one per PackedExamples field) as they are packed. Each file
+    starts with a header for 0 rows; `close` rewrites it with the final length (a 1-D header is 128 bytes for
+    any length, so the data never moves)."""
+
+    def __init__(self, folder: Path) -> None:
+        self._files: dict[str, BinaryIO] = {}
+        self._dtypes = {name: array.dtype for name, array in vars(examples_to_arrays([], 0)).items()}
+        self._counts = dict.fromkeys(self._dtypes, 0)
+        for name, dtype in self._dtypes.items():
+            self._files[name] = (folder / f"{name}.npy").open("wb")
+            self._header(name, dtype, 0)
+        self._write("offsets", np.zeros(1, dtype=np.int64))
+
+    def _header(self, name: str, dtype: np.dtype, length: int) -> None:
+        np.lib.format.write_array_header_1_0(self._files[name], {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                                 "fortran_order": False, "shape": (length,)})
+
+    def _write(self, name: str, array: np.ndarray) -> None:
+        self._files[name].write(np.ascontiguousarray(array, dtype=self._dtypes[name]).tobytes())
+        self._counts[name] += len(array)
+
+    def append(self, rows: PackedExamples) -> None:
+        start = self._counts["ids"]
+        for name, array in vars(rows).items():
+            if name == "offsets":
+                self._write(name, array[1:] + start)
+            else:
+                self._write(name, array)
+
+    def close(self) -> None:
+        for name, file in self._files.items():
+            file.seek(0)
+            self._header(name, self._dtypes[name], self._counts[name])
+            if file.tell() != NPY_HEADER_BYTES:  # never for 1-D arrays; would shift the data if it were
+                raise RuntimeError(f"{name}.npy: a header of {file.tell()} bytes, not {NPY_HEADER_BYTES}")
+            file.close()
+
+    def __enter__(self) -> PackedWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+                 ) -> None:
+        if kind is None:
+            self.close()
+        else:
+            for file in self._files.values():
+                file.close()
+
+
+def chunks(examples: Iterable[Example], size: int) -> Iterator[list[Example]]:
+    iterator = iter(examples)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
 
 
 def load_packed(folder: Path) -> PackedExamples:
@@ -123,16 +174,21 @@ class PackingPlan:
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def build_packed(documents: list[list[list[int]]], plan: PackingPlan, specials: SpecialTokens, folder: Path,
-                 corpus_key: str) -> PackedExamples:
+def build_packed(documents: Any, plan: PackingPlan, specials: SpecialTokens, folder: Path, corpus_key: str,
+                 shard_size: int = DEFAULT_SHARD_DOCUMENTS) -> PackedExamples:
     """Pack once into `folder` (atomically, one process at a time), or load what an earlier run packed with the
-    same plan."""
+    same plan. `documents`: a CorpusDocuments or a datasets Column / Dataset of sentences (read through Arrow,
+    `shard_size` documents at a time), or documents in memory. The shard size changes memory, never the rows."""
     with build_lock(folder) as cached:
         if not cached:
-            # Copies are converted to arrays one at a time: dupe_factor copies as Python objects would not fit.
-            copies = iter_copies(documents, plan.packing, plan.max_seq_length, specials, plan.nsp,
-                                 plan.short_seq_prob, plan.seed, plan.copies, plan.separators)
-            packed = concatenate([examples_to_arrays(examples, k) for k, examples in enumerate(copies)])
+            view = document_view(documents, shard_size)
+            copies = stream_copies(view, plan.packing, plan.max_seq_length, specials, plan.nsp, plan.short_seq_prob,
+                                   plan.seed, plan.copies, plan.separators)
             with atomic_dir(folder) as tmp:
-                _save(packed, tmp, {"corpus": corpus_key, **vars(plan)})
+                with PackedWriter(tmp) as writer:
+                    for copy, examples in enumerate(copies):  # one copy at a time, each streamed to the end
+                        for chunk in chunks(examples, WRITE_ROWS):
+                            writer.append(examples_to_arrays(chunk, copy))
+                settings = {"corpus": corpus_key, **vars(plan)}
+                (tmp / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
     return load_packed(folder)

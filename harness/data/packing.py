@@ -19,16 +19,23 @@ is the only place that reads the packing mode:
 
 Randomised packings draw from a `random.Random` (the generator Google's script uses). Static masking re-draws
 the packing for every duplicate with one running generator, as Google does: see `iter_copies`.
+
+Packing streams (`stream_examples`): documents are read in order from a document view (harness.data.document_views:
+the Arrow cache a shard at a time) and inputs come out as they are packed; an NSP negative reads its one document.
+The only thing taken from the whole corpus up front is which documents are non-empty (the NSP pool), so the random
+draws are exactly those of packing the corpus held as one list.
 """
 
 from __future__ import annotations
 
-import bisect
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from harness.data.document_views import DocumentView, document_view
 from harness.data.specials import SpecialTokens
 
 Documents = Sequence[Sequence[Sequence[int]]]
@@ -72,6 +79,14 @@ def pack_documents(documents: Documents, packing: str, max_seq_length: int, spec
                    short_seq_prob: float, rng: random.Random, separators: str = "document") -> list[Example]:
     """Pack documents into inputs of at most max_seq_length tokens (special tokens included). separators
     'fairseq' needs CorpusDocuments (the paragraph ends) and a sentence packing."""
+    return list(stream_examples(document_view(documents), packing, max_seq_length, specials, nsp, short_seq_prob,
+                                rng, separators))
+
+
+def stream_examples(view: DocumentView, packing: str, max_seq_length: int, specials: SpecialTokens, nsp: bool,
+                    short_seq_prob: float, rng: random.Random, separators: str = "document") -> Iterator[Example]:
+    """`pack_documents` as a stream over a document view: inputs in order, packed as the documents are read.
+    Bad arguments fail on the call, before any document is read."""
     if packing not in PACKINGS:
         raise ValueError(f"packing '{packing}'; allowed: {', '.join(PACKINGS)}")
     if nsp and packing not in PAIR_PACKINGS:
@@ -81,13 +96,15 @@ def pack_documents(documents: Documents, packing: str, max_seq_length: int, spec
     if separators != "document" and packing in PAIR_PACKINGS:
         raise ValueError(f"separators '{separators}' with packing '{packing}': only the sentence packings mark "
                          "paragraphs (allowed: full_sentences, doc_sentences)")
+    if separators == "fairseq" and not view.has_paragraph_ends:
+        raise ValueError("separators 'fairseq' needs the paragraph ends: pass the documents as CorpusDocuments")
     if packing == "segment_pair":
-        return pack_segment_pairs(documents, max_seq_length, specials, nsp, short_seq_prob, rng)
+        return pack_segment_pairs(view, max_seq_length, specials, nsp, short_seq_prob, rng)
     if packing == "sentence_pair":
-        return pack_sentence_pairs(documents, max_seq_length, specials, nsp, rng)
+        return pack_sentence_pairs(view, max_seq_length, specials, nsp, rng)
     if packing == "full_sentences":
-        return pack_full_sentences(documents, max_seq_length, specials, separators)
-    return pack_doc_sentences(documents, max_seq_length, specials, separators)
+        return pack_full_sentences(view, max_seq_length, specials, separators)
+    return pack_doc_sentences(view, max_seq_length, specials, separators)
 
 
 def draws_randomly(packing: str) -> bool:
@@ -108,11 +125,21 @@ def iter_copies(documents: Documents, packing: str, max_seq_length: int, special
     copy k re-draws target lengths, A/B splits and NSP negatives, and depends on the draws of copies < k.
     Lazy, so a caller can write each copy out before the next is built. Deterministic packings
     (full_sentences, doc_sentences) yield identical copies: only their masks differ (keyed by the copy number)."""
+    for copy in stream_copies(document_view(documents), packing, max_seq_length, specials, nsp, short_seq_prob,
+                              seed, dupe_factor, separators):
+        yield list(copy)
+
+
+def stream_copies(view: DocumentView, packing: str, max_seq_length: int, specials: SpecialTokens, nsp: bool,
+                  short_seq_prob: float, seed: int, dupe_factor: int, separators: str = "document"
+                  ) -> Iterator[Iterator[Example]]:
+    """`iter_copies` with each copy a stream: read copy k to its end before asking for copy k+1, which continues
+    the same generator."""
     if dupe_factor < 1:
         raise ValueError(f"dupe_factor = {dupe_factor}; allowed: >= 1")
     rng = packing_rng(seed)
     for _ in range(dupe_factor):
-        yield pack_documents(documents, packing, max_seq_length, specials, nsp, short_seq_prob, rng, separators)
+        yield stream_examples(view, packing, max_seq_length, specials, nsp, short_seq_prob, rng, separators)
 
 
 def build_copies(documents: Documents, packing: str, max_seq_length: int, specials: SpecialTokens, nsp: bool,
@@ -132,28 +159,44 @@ def _as_ints(sentence: Sequence[int]) -> list[int]:
     return tolist() if tolist is not None else [int(t) for t in sentence]
 
 
-def _clean(documents: Documents) -> list[list[list[int]]]:
-    """Drop empty sentences (Google skips them too); document indices stay those of the input."""
-    return [[_as_ints(s) for s in doc if len(s)] for doc in documents]
+def _clean(document: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Drop empty sentences (Google skips them too). A list of non-empty int lists (a document read from Arrow)
+    comes back as it is: no copy."""
+    if isinstance(document, list) and all(type(s) is list and s for s in document):
+        return document
+    return [_as_ints(s) for s in document if len(s)]
+
+
+def _nonempty_documents(view: DocumentView) -> Iterator[tuple[int, list[list[int]]]]:
+    """(index, cleaned document) in order, documents left with no sentence skipped (their indices stay unused)."""
+    for index, sentences, _ in view:
+        document = _clean(sentences)
+        if document:
+            yield index, document
 
 
 def _flatten(sentences: list[list[int]]) -> list[int]:
     return [token for sentence in sentences for token in sentence]
 
 
-def _nsp_pool(docs: list[list[list[int]]], nsp: bool) -> list[int]:
-    """Indices of the documents an NSP negative can come from."""
-    pool = [i for i, doc in enumerate(docs) if doc]
-    if nsp and len(pool) < 2:
+def _nsp_pool(view: DocumentView, nsp: bool) -> np.ndarray:
+    """Indices of the documents an NSP negative can come from, ascending (none are needed without NSP)."""
+    if not nsp:
+        return np.zeros(0, dtype=np.int64)
+    pool = np.flatnonzero(view.nonempty())
+    if len(pool) < 2:
         raise ValueError(f"NSP needs at least 2 non-empty documents to draw random segments from, got {len(pool)}")
     return pool
 
 
-def _random_other(pool: list[int], doc_index: int, rng: random.Random) -> int:
-    # Google retries 10 times and may fall back to the same document; drawing from the others directly is the
-    # limit of retrying until it differs (uniform over the other documents) and never mislabels a pair.
+def _random_partner(view: DocumentView, pool: np.ndarray, doc_index: int, rng: random.Random
+                    ) -> tuple[int, list[list[int]]]:
+    """Another non-empty document, uniformly, read on its own. Google retries 10 times and may fall back to the
+    same document; drawing from the others directly is the limit of retrying until it differs and never mislabels
+    a pair."""
     r = rng.randint(0, len(pool) - 2)
-    return pool[r + 1] if r >= bisect.bisect_left(pool, doc_index) else pool[r]
+    other = int(pool[r + 1] if r >= int(np.searchsorted(pool, doc_index)) else pool[r])
+    return other, _clean(view.document(other))
 
 
 def _truncate_pair(a: list[int], b: list[int], max_num_tokens: int, rng: random.Random) -> tuple[list[int], list[int]]:
@@ -183,22 +226,18 @@ def _pair_budget(max_seq_length: int, specials: SpecialTokens) -> int:
 
 # ---- segment_pair -----------------------------------------------------------------------------------------
 
-def pack_segment_pairs(documents: Documents, max_seq_length: int, specials: SpecialTokens, nsp: bool,
-                       short_seq_prob: float, rng: random.Random) -> list[Example]:
-    docs = _clean(documents)
-    pool = _nsp_pool(docs, nsp)
+def pack_segment_pairs(view: DocumentView, max_seq_length: int, specials: SpecialTokens, nsp: bool,
+                       short_seq_prob: float, rng: random.Random) -> Iterator[Example]:
+    pool = _nsp_pool(view, nsp)
     max_num_tokens = _pair_budget(max_seq_length, specials)
-    examples: list[Example] = []
-    for doc_index in pool:
-        examples.extend(_segment_pairs_of_document(docs, doc_index, pool, max_num_tokens, specials, nsp,
-                                                   short_seq_prob, rng))
-    return examples
+    return (example for doc_index, document in _nonempty_documents(view)
+            for example in _segment_pairs_of_document(view, document, doc_index, pool, max_num_tokens, specials,
+                                                      nsp, short_seq_prob, rng))
 
 
-def _segment_pairs_of_document(docs: list[list[list[int]]], doc_index: int, pool: list[int], max_num_tokens: int,
-                               specials: SpecialTokens, nsp: bool, short_seq_prob: float,
+def _segment_pairs_of_document(view: DocumentView, document: list[list[int]], doc_index: int, pool: np.ndarray,
+                               max_num_tokens: int, specials: SpecialTokens, nsp: bool, short_seq_prob: float,
                                rng: random.Random) -> list[Example]:
-    document = docs[doc_index]
     # Drawn once per document (per copy): mostly fill the input, sometimes train on shorter ones.
     target = max_num_tokens
     if rng.random() < short_seq_prob:
@@ -215,8 +254,8 @@ def _segment_pairs_of_document(docs: list[list[list[int]]], doc_index: int, pool
             label: int | None = 0 if nsp else None
             sources: tuple[int, ...] = (doc_index,)
             if nsp and (len(chunk) == 1 or rng.random() < 0.5):
-                other = _random_other(pool, doc_index, rng)
-                b = _random_continuation(docs[other], target - len(a), rng)
+                other, other_document = _random_partner(view, pool, doc_index, rng)
+                b = _random_continuation(other_document, target - len(a), rng)
                 label, sources = 1, (doc_index, other)
                 i -= len(chunk) - a_end  # the unused sentences go back, to start the next chunk
             elif len(chunk) >= 2:
@@ -248,62 +287,65 @@ def _random_continuation(document: list[list[int]], target_b_length: int, rng: r
 
 # ---- sentence_pair ----------------------------------------------------------------------------------------
 
-def pack_sentence_pairs(documents: Documents, max_seq_length: int, specials: SpecialTokens, nsp: bool,
-                        rng: random.Random) -> list[Example]:
+def pack_sentence_pairs(view: DocumentView, max_seq_length: int, specials: SpecialTokens, nsp: bool,
+                        rng: random.Random) -> Iterator[Example]:
     """A = sentence i; B = sentence i+1, or (NSP, half the time, always for a document's last sentence) a random
     sentence of another document, in which case sentence i+1 is put back and becomes the next A. Without NSP
     the last sentence of an odd-length document has no partner and is left out."""
-    docs = _clean(documents)
-    pool = _nsp_pool(docs, nsp)
+    pool = _nsp_pool(view, nsp)
     max_num_tokens = _pair_budget(max_seq_length, specials)
+    return (example for doc_index, document in _nonempty_documents(view)
+            for example in _sentence_pairs_of_document(view, document, doc_index, pool, max_num_tokens, specials,
+                                                       nsp, rng))
+
+
+def _sentence_pairs_of_document(view: DocumentView, document: list[list[int]], doc_index: int, pool: np.ndarray,
+                                max_num_tokens: int, specials: SpecialTokens, nsp: bool, rng: random.Random
+                                ) -> list[Example]:
     examples: list[Example] = []
-    for doc_index in pool:
-        document, i = docs[doc_index], 0
-        while i < len(document):
-            is_last = i == len(document) - 1
-            if nsp and (is_last or rng.random() < 0.5):
-                other = _random_other(pool, doc_index, rng)
-                b = docs[other][rng.randint(0, len(docs[other]) - 1)]
-                label, sources, step = 1, (doc_index, other), 1
-            elif not is_last:
-                b, label, sources, step = document[i + 1], (0 if nsp else None), (doc_index,), 2
-            else:
-                break
-            a, b = _truncate_pair(document[i], b, max_num_tokens, rng)
-            examples.append(_pair_example(a, b, label, sources, specials))
-            i += step
+    i = 0
+    while i < len(document):
+        is_last = i == len(document) - 1
+        if nsp and (is_last or rng.random() < 0.5):
+            other, other_document = _random_partner(view, pool, doc_index, rng)
+            b = other_document[rng.randint(0, len(other_document) - 1)]
+            label, sources, step = 1, (doc_index, other), 1
+        elif not is_last:
+            b, label, sources, step = document[i + 1], (0 if nsp else None), (doc_index,), 2
+        else:
+            break
+        a, b = _truncate_pair(document[i], b, max_num_tokens, rng)
+        examples.append(_pair_example(a, b, label, sources, specials))
+        i += step
     return examples
 
 
 # ---- full_sentences / doc_sentences -----------------------------------------------------------------------
 
-def pack_full_sentences(documents: Documents, max_seq_length: int, specials: SpecialTokens,
-                        separators: str = "document") -> list[Example]:
+def pack_full_sentences(view: DocumentView, max_seq_length: int, specials: SpecialTokens,
+                        separators: str = "document") -> Iterator[Example]:
     """Greedy contiguous full sentences across documents. document: a separator token sits between two documents
     that share an input (never at an input's edge, where it would mark nothing); fairseq: see the module doc."""
     if separators == "fairseq":
-        return _pack_sentences(_fairseq_lines(documents, specials.sep_id, document_end=True), max_seq_length,
+        return _pack_sentences(_fairseq_lines(view, specials.sep_id, document_end=True), max_seq_length,
                                specials, cross_documents=True, fairseq=True)
-    return _pack_sentences(_clean(documents), max_seq_length, specials, cross_documents=True)
+    return _pack_sentences(((i, _clean(s)) for i, s, _ in view), max_seq_length, specials, cross_documents=True)
 
 
-def pack_doc_sentences(documents: Documents, max_seq_length: int, specials: SpecialTokens,
-                       separators: str = "document") -> list[Example]:
+def pack_doc_sentences(view: DocumentView, max_seq_length: int, specials: SpecialTokens,
+                       separators: str = "document") -> Iterator[Example]:
     """Greedy contiguous full sentences of one document; inputs at a document's end are shorter."""
     if separators == "fairseq":
-        return _pack_sentences(_fairseq_lines(documents, specials.sep_id, document_end=False), max_seq_length,
+        return _pack_sentences(_fairseq_lines(view, specials.sep_id, document_end=False), max_seq_length,
                                specials, cross_documents=False, fairseq=True)
-    return _pack_sentences(_clean(documents), max_seq_length, specials, cross_documents=False)
+    return _pack_sentences(((i, _clean(s)) for i, s, _ in view), max_seq_length, specials, cross_documents=False)
 
 
-def _fairseq_lines(documents: Documents, sep_id: int, document_end: bool) -> list[list[list[int]]]:
+def _fairseq_lines(view: DocumentView, sep_id: int, document_end: bool) -> Iterator[tuple[int, list[list[int]]]]:
     """Sentences with fairseq's line ends attached: `</s>` after a paragraph's last sentence, one more after a
     document's last with document_end. Empty sentences are dropped; a paragraph end they held moves back to the
     previous kept sentence, so a separator never stands alone."""
-    if not isinstance(documents, CorpusDocuments):
-        raise ValueError("separators 'fairseq' needs the paragraph ends: pass the documents as CorpusDocuments")
-    docs: list[list[list[int]]] = []
-    for document, ends in zip(documents.sentences, documents.paragraph_ends, strict=True):
+    for index, document, ends in view:
         lines: list[list[int]] = []
         closed = True
         for sentence, end in zip(document, ends, strict=True):
@@ -317,8 +359,7 @@ def _fairseq_lines(documents: Documents, sep_id: int, document_end: bool) -> lis
             lines[-1].append(sep_id)
         if lines and document_end:  # fairseq's empty line after each document: a lone </s>
             lines[-1].append(sep_id)
-        docs.append(lines)
-    return docs
+        yield index, lines
 
 
 def _pieces(document: list[list[int]], capacity: int, closing_id: int | None) -> Iterator[list[int]]:
@@ -334,41 +375,44 @@ def _pieces(document: list[list[int]], capacity: int, closing_id: int | None) ->
         yield sentence[start:] if start else sentence
 
 
-def _pack_sentences(docs: list[list[list[int]]], max_seq_length: int, specials: SpecialTokens,
-                    cross_documents: bool, fairseq: bool = False) -> list[Example]:
+def _pack_sentences(docs: Iterable[tuple[int, list[list[int]]]], max_seq_length: int, specials: SpecialTokens,
+                    cross_documents: bool, fairseq: bool = False) -> Iterator[Example]:
     capacity = max_seq_length - specials.single_overhead
     if capacity < 1:
         raise ValueError(f"max_seq_length = {max_seq_length} leaves no room for content tokens")
+    return _sentence_blocks(docs, capacity, specials, cross_documents, fairseq)
+
+
+def _sentence_blocks(docs: Iterable[tuple[int, list[list[int]]]], capacity: int, specials: SpecialTokens,
+                     cross_documents: bool, fairseq: bool) -> Iterator[Example]:
     sep = specials.sep_id
     closing_id = sep if fairseq else None  # fairseq: a block ending on a line's </s> needs no second one
-    examples: list[Example] = []
     block: list[int] = []
     sources: list[int] = []
 
-    def flush() -> None:
-        if block:
-            ids, types = specials.wrap(block[:-1] if fairseq and block[-1] == sep else block)
-            examples.append(Example(ids, types, None, tuple(sources), len(sources) - 1))
-        block.clear()
-        sources.clear()
+    def example() -> Example:
+        ids, types = specials.wrap(block[:-1] if fairseq and block[-1] == sep else block)
+        return Example(ids, types, None, tuple(sources), len(sources) - 1)
 
-    for doc_index, document in enumerate(docs):
-        if not cross_documents:
-            flush()
+    for doc_index, document in docs:
+        if not cross_documents and block:
+            yield example()
+            block, sources = [], []
         for piece in _pieces(document, capacity, closing_id):
             # fairseq marks document ends inside the lines already; otherwise one separator between documents
             separator = int(not fairseq and bool(block) and sources[-1] != doc_index)
             closes = int(piece[-1] == closing_id)
             if block and len(block) + separator + len(piece) - closes > capacity:
-                flush()
+                yield example()
+                block, sources = [], []
                 separator = 0
             if separator:
                 block.append(sep)
             if not sources or sources[-1] != doc_index:
                 sources.append(doc_index)
             block.extend(piece)
-    flush()
-    return examples
+    if block:
+        yield example()
 
 
 # ---- token-budget batches ---------------------------------------------------------------------------------
