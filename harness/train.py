@@ -252,11 +252,11 @@ class TrainingPlan:
 
 def training_plan(config: RunConfig, data: PretrainDataModule) -> TrainingPlan:
     budget = data.budget
-    split = f"{budget.accumulate} micro-batch(es) x {budget.devices} device(s) of " + (
-        f"{data.micro_batch_size} sequences" if budget.update_tokens is None
-        else f"1/{budget.accumulate * budget.devices} of an update of <= {budget.update_tokens} padded positions, "
-             "inputs of similar length" if budget.group_by_length
-        else f"1/{budget.accumulate * budget.devices} of an update of <= {budget.update_tokens} real tokens")
+    parts = f"{budget.accumulate} micro-batch(es) x {budget.devices} device(s)"
+    split = (f"{parts} of {data.micro_batch_size} sequences" if budget.update_tokens is None
+             else f"<= {budget.update_tokens} padded positions of inputs of similar length, split into {parts}"
+             if budget.group_by_length
+             else f"<= {budget.update_tokens} real tokens, split into {parts}")
     return TrainingPlan(updates=data.total_updates, accumulate=budget.accumulate, micro_batches=split,
                         rows_per_copy=data.rows_per_copy,
                         static_copies=data.static_copies if config.data.masking == "static" else None,
