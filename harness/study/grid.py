@@ -239,12 +239,11 @@ def _product(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
 def _points(spec: GridFile, path: Path) -> list[Point]:
     arms = list(spec.scientific.arms.items()) or [(None, {})]
     rows = _zip_rows(spec.zip) or [{}]
+    named = _zip_label_keys(rows)
     points = []
     for (arm, arm_fields), values, row in itertools.product(arms, _product(spec.scientific.axes), rows):
         parts = ([arm] if arm else []) + [value_label(k, v) for k, v in values.items()]
-        if row:
-            key = next(iter(row))
-            parts.append(value_label(key, row[key]))
+        parts += [value_label(key, row[key]) for key in named]
         shown = {"arm": arm} if arm else {}
         points.append(Point(label="-".join(parts) or "base", values={**shown, **values, **row},
                             overrides={**arm_fields, **values, **row}))
@@ -271,6 +270,22 @@ def _baseline_points(spec: GridFile, path: Path, points: list[Point]) -> list[Po
         raise grid_error(path, "baselines.no_pretraining", f"a point is already labelled '{NO_PRETRAINING}'")
     return [Point(label=NO_PRETRAINING, values={"arm": NO_PRETRAINING}, baseline=True,
                   overrides={**source.overrides, **NO_PRETRAINING_FIELDS})]
+
+
+def _zip_label_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """The zip fields that name a row: the first one, and when its values repeat (a search of several rates per
+    batch size), also the first other field that tells the rows apart."""
+    if not rows or not rows[0]:
+        return []
+    keys = list(rows[0])
+
+    def distinct(chosen: list[str]) -> bool:
+        labels = ["-".join(value_label(k, row[k]) for k in chosen) for row in rows]
+        return len(set(labels)) == len(labels)
+
+    if distinct(keys[:1]):
+        return keys[:1]
+    return next(([keys[0], key] for key in keys[1:] if distinct([keys[0], key])), keys)
 
 
 def _zip_rows(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
