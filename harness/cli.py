@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -173,7 +174,11 @@ def _evaluate_args(command: argparse.ArgumentParser) -> None:
     command.add_argument("--results", type=Path, default=Path("results"), help="results root folder")
 
 
-def _sweep_args(command: argparse.ArgumentParser, grid: Path | None = None) -> None:
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _sweep_args(command: argparse.ArgumentParser, grid: Path | None = None, workers: int = 1) -> None:
     if grid is None:
         command.add_argument("grid", type=Path, help="grid file (see experiments/ and the README)")
     else:
@@ -185,9 +190,9 @@ def _sweep_args(command: argparse.ArgumentParser, grid: Path | None = None) -> N
     command.add_argument("--tasks", metavar="A,B", help="fine-tune on these tasks instead of the file's")
     command.add_argument("--data-dir", type=Path, default=None,
                          help="root for relative corpus and task paths (default: $HARNESS_DATA_DIR)")
-    command.add_argument("--workers", type=int, default=1,
+    command.add_argument("--workers", type=int, default=workers,
                          help="jobs in parallel; the cores (of the Ray cluster with --launcher ray) are split between "
-                         "them")
+                         f"them (default: {workers})")
     command.add_argument("--launcher", default="local", metavar="{local,ray}",
                          help="local: worker processes on this machine (default); ray: Ray tasks, on a local Ray "
                          "instance or the cluster at --address (pip install 'harness[ray]')")
@@ -241,7 +246,9 @@ COMMANDS: list[Command] = [
     ("sweep", cmd_sweep, "run a grid file: pre-train and fine-tune every job that is missing, print the table",
      _sweep_args),
     ("quickstart", cmd_quickstart, "the quickstart study: harness sweep experiments/quickstart.yaml, then its report",
-     lambda command: _sweep_args(command, grid=Path("experiments/quickstart.yaml"))),
+     # two jobs at a time where there are two cores: the quickstart's jobs are small enough to share them
+     lambda command: _sweep_args(command, grid=Path("experiments/quickstart.yaml"),
+                                 workers=min(2, _cores()))),
     ("report", cmd_report, "rebuild a study's tables, figures and report.md from its run directories",
      _report_args),
 ]

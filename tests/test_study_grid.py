@@ -4,6 +4,7 @@ pre-training runs, zip rows, scales, nuisance selection by median over seeds, an
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -101,15 +102,23 @@ def test_quickstart_grid_compares_the_two_recipes(shared_data, tmp_path, capsys)
     grid = REPO / "experiments" / "quickstart.yaml"
     assert main(["quickstart", "--dry-run", "--grid", str(grid), "--data-dir", str(shared_data),
                  "--results", str(tmp_path)]) == 0
-    # 2 arms + the no-pre-training row, each fine-tuned on SST-2 with 3 seeds and scored on BLiMP once
-    assert "15 jobs (3 pre-training, 9 fine-tuning, 3 zero-shot)" in capsys.readouterr().out
+    # 2 arms + the no-pre-training row, 3 pre-training seeds each (never a finding from one), each run fine-tuned on
+    # SST-2 once and scored on BLiMP once; two jobs at a time where there are two cores
+    out = capsys.readouterr().out
+    assert "27 jobs (9 pre-training, 9 fine-tuning, 9 zero-shot)" in out
     study = load_grid(grid, data_dir=shared_data)
-    bert, roberta, baseline = (run.config for run in study.runs)
+    assert [run.seed for run in study.runs] == [0, 1, 2] * 3
+    bert, roberta, baseline = (run.config for run in study.runs[::3])
     assert (baseline.budget.max_steps, baseline.recipe, baseline.tokenizer.kind) == (0, "roberta", "bpe")
     assert (bert.recipe, bert.data.nsp, bert.data.dupe_factor, roberta.recipe) == ("bert", True, "auto", "roberta")
     assert bert.run_name() == "bert-recipe-s0" and bert.model.size == "tiny"
     sst2 = study.tasks["sst2"].settings
-    assert (sst2.learning_rates, sst2.seeds, sst2.train_subsample) == ((1e-3,), (0, 1, 2), 2000)
+    assert (sst2.learning_rates, sst2.seeds, sst2.train_subsample) == ((1e-3,), (0,), 2000)
+    from harness.cli import build_parser
+
+    cores = len(os.sched_getaffinity(0))
+    assert build_parser().parse_args(["quickstart"]).workers == min(2, cores)
+    assert build_parser().parse_args(["sweep", str(grid)]).workers == 1
 
 
 BAD = {
