@@ -491,3 +491,108 @@ def test_cli_corpus_reports_bad_input_on_one_line(tmp_path, capsys):
 
 def test_corpus_errors_are_harness_errors():
     assert issubclass(CorpusError, HarnessError) and issubclass(CorpusError, ValueError)
+
+
+# ---- sentencex segmenter, impl.num_proc resolution (issue 24) ------------------------------------------------------
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Mr. Smith went to Washington. He arrived at 5 p.m. yesterday.\n\nIt rained. \"Why?\" he asked.",
+     [["Mr. Smith went to Washington.", "He arrived at 5 p.m. yesterday."], ["It rained.", '"Why?" he asked.']]),
+    ("A hard-wrapped sentence that\ncontinues. Prices rose 3.5 pct in Jan. 1987!",
+     [["A hard-wrapped sentence that continues.", "Prices rose 3.5 pct in Jan. 1987!"]]),
+    # where it parts from pysbd on Reuters: no end after a company's "Co." (pysbd: two sentences) ...
+    ("He works for the Larsen Co. Dean said so.", [["He works for the Larsen Co. Dean said so."]]),
+    # ... and an end after "U.S." before a capital (pysbd: one sentence)
+    ("Prices are up in the U.S. And Canada too.", [["Prices are up in the U.S.", "And Canada too."]]),
+], ids=["abbreviations-paragraphs-quotes", "wraps-and-numbers", "co-kept", "us-split"])
+def test_sentencex_segmentation(text, expected):
+    assert segment_module.segment_paragraphs(text, "sentencex") == expected
+
+
+def _boundaries(built, split: str) -> set[tuple[str, int]]:
+    """(doc id, non-whitespace characters before the end) of every sentence end inside a paragraph: comparable
+    across segmentations, whose token streams may differ by a space token where they cut differently."""
+    from harness.data.segment import visible_chars
+
+    data = getattr(built, split)
+    ends = set()
+    for doc_id, sentences, paragraph_ends in zip(data["doc_id"], data["sentences"], data["paragraph_ends"],
+                                                 strict=True):
+        offset = 0
+        for ids, paragraph_end in zip(sentences, paragraph_ends, strict=True):
+            offset += visible_chars(built.tokenizer.decode(ids))
+            if not paragraph_end:
+                ends.add((doc_id, offset))
+    return ends
+
+
+def test_sentencex_corpus_has_its_own_key_and_finds_most_of_pysbds_ends(shared_data, tmp_path):
+    from importlib.metadata import version
+
+    import pysbd
+
+    reuters = {"layout": "jsonl", "path": "corpora/reuters.jsonl", "max_documents": 30}
+    by_pysbd = build_corpus(_config(tmp_path, corpus=reuters, tokenizer={"vocab_size": 300}), shared_data)
+    fast = build_corpus(_config(tmp_path, corpus={**reuters, "segmenter": "sentencex"},
+                                tokenizer={"vocab_size": 300}), shared_data)
+    assert fast.cache_dir != by_pysbd.cache_dir and not fast.cache_hits.segments
+    assert fast.cache_hits.tokenizer  # the tokenizer trains on paragraphs: the segmenter does not shape it
+    stats = fast.stats()["train"]
+    assert stats["sentences"] > 3 * stats["documents"]
+    reference, found = _boundaries(by_pysbd, "train"), _boundaries(fast, "train")
+    assert len(reference) > 100 and len(reference & found) / len(reference) > 0.9
+    assert found != reference  # they do differ (Co., U.S.): the share above is not trivially 1
+
+    # the segments key: sentencex's version only for sentencex; pysbd's and newline's keys exactly as before
+    source = {"id": "x"}
+    corpus = _config(corpus={**reuters, "segmenter": "sentencex"}).corpus
+    assert corpus_module.segments_settings(corpus, source)["sentencex"] == version("sentencex")
+    for segmenter, pysbd_version in (("pysbd", pysbd.__version__), ("newline", None)):
+        corpus = _config(corpus={**reuters, "segmenter": segmenter}).corpus
+        assert corpus_module.segments_settings(corpus, source) == {
+            "version": corpus_module.CORPUS_CACHE_VERSION, "source": source, "segmenter": segmenter,
+            "pysbd": pysbd_version}
+
+
+def test_corpus_without_sentence_boundaries_under_sentencex_suggests_the_newline_segmenter(tmp_path):
+    docs = [json.dumps({"text": f"just some words without any end number {i}"}) for i in range(6)]
+    path = _write(tmp_path / "flat.jsonl", "\n".join(docs) + "\n")
+    config = _config(tmp_path, corpus={"layout": "jsonl", "path": str(path), "validation_fraction": 0.2,
+                                       "segmenter": "sentencex"}, tokenizer={"vocab_size": 300})
+    with pytest.raises(CorpusError) as err:
+        build_corpus(config)
+    message = _one_line(err)
+    assert "corpus.segmenter = 'sentencex'" in message and "set corpus.segmenter = 'newline'" in message
+
+
+def test_num_proc_null_uses_the_cores_but_not_on_small_corpora(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    auto = _config()
+    resolved = {n: corpus_module._num_proc(auto, n) for n in (None, 0, 300, 1999, 2000, 5500, 10**6)}
+    assert resolved == {None: None, 0: None, 300: None, 1999: None, 2000: 2, 5500: 5, 10**6: 8}
+    # a set value wins, whatever the corpus size; 1 means no worker pool
+    assert corpus_module._num_proc(_config(impl={"num_proc": 3}), 10) == 3
+    assert corpus_module._num_proc(_config(impl={"num_proc": 1}), 10**6) is None
+    # without CPU affinity (macOS, Windows) the CPU count
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert corpus_module._num_proc(auto, 10**6) == 4
+
+
+def test_num_proc_does_not_change_the_tokenized_corpus(shared_data, tmp_path, monkeypatch):
+    # Two cores and a smaller share per process, so that null means 2 processes on this 300-document slice.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(corpus_module, "_DOCS_PER_PROCESS", 100)
+    resolved: list[int | None] = []
+    original = corpus_module._num_proc
+    monkeypatch.setattr(corpus_module, "_num_proc", lambda *a: resolved.append(original(*a)) or resolved[-1])
+    reuters = {"layout": "jsonl", "path": "corpora/reuters.jsonl", "max_documents": 300, "segmenter": "sentencex"}
+    built = {}
+    for n in (None, 1, 2):
+        resolved.clear()
+        built[n] = build_corpus(_config(tmp_path / str(n), corpus=reuters, tokenizer={"vocab_size": 300},
+                                        impl={"num_proc": n}), shared_data)
+        assert set(resolved) == {None if n == 1 else 2}, (n, resolved)  # what reached datasets.map
+    assert len({b.cache_dir.name for b in built.values()}) == 1  # impl is not part of the corpus key
+    for split in ("train", "validation"):
+        tables = [getattr(b, split).to_dict() for b in built.values()]
+        assert len(tables[0]["doc_id"]) > 10 and tables[0] == tables[1] == tables[2]

@@ -4,12 +4,13 @@ AutoTokenizer, their special tokens, pair layouts and round trips; the tokenizer
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
 
-from harness.config import ConfigError, from_dict
+from harness.config import ConfigError, from_dict, load_config
 from harness.data import tokenizer as tokenizer_module
 from harness.data.documents import split_wikitext_articles, validation_mask
 from harness.data.segment import split_paragraphs
@@ -215,3 +216,49 @@ def test_wordpiece_trainer_breaks_ties_at_the_cut_off_by_chance():
         assert len(vocab) == room and len(merged) == 8 and {token[0] for token in merged} == {"a"}, sorted(merged)
         kept.append(frozenset(merged))
     assert len(set(kept)) > 1, kept
+
+
+# ---- tokenizer.train_sample_mb: a sample of a large corpus --------------------------------------------------------
+def test_training_sample_takes_every_kth_training_document_by_utf8_size_and_never_a_held_out_one():
+    from datasets import Dataset
+
+    docs = Dataset.from_dict({"doc_id": [str(i) for i in range(10)], "text": ["é" * 50] * 10})  # 100 bytes each
+    held_out = [i == 3 for i in range(10)]
+    chosen, record = tokenizer_module.training_sample(docs, held_out, sample_mb=300 / 1e6)
+    assert [i for i, taken in enumerate(chosen) if taken] == [2, 6, 9]  # every third of the 9 training documents
+    assert record == {"documents": 3, "of_documents": 9, "bytes": 300, "of_bytes": 900}
+    for limit in (900 / 1e6, None):  # at the limit, or with null: every training document, no sample
+        chosen, record = tokenizer_module.training_sample(docs, held_out, limit)
+        assert chosen == [not h for h in held_out] and record is None
+
+
+def test_a_corpus_over_train_sample_mb_trains_the_tokenizer_on_a_recorded_sample(shared_data, tmp_path, caplog):
+    def config(**tokenizer):
+        return from_dict({"corpus": {"layout": "jsonl", "path": "corpora/reuters.jsonl", "max_documents": 200},
+                          "tokenizer": {"vocab_size": 500, **tokenizer}, "impl": {"cache_dir": str(tmp_path)}})
+
+    with caplog.at_level(logging.INFO, logger=tokenizer_module.__name__):
+        sampled, sampled_dir = build_tokenizer(config(train_sample_mb=0.05), shared_data)
+    whole, whole_dir = build_tokenizer(config(train_sample_mb=None), shared_data)
+    default, default_dir = build_tokenizer(config(), shared_data)
+    assert sampled.get_vocab() != whole.get_vocab() and default.get_vocab() == whole.get_vocab()
+    assert len({sampled_dir, whole_dir, default_dir}) == 3  # each setting has its own cache entry
+    record = json.loads((sampled_dir / tokenizer_module.SETTINGS_FILE).read_text())
+    sample = record["train_sample"]
+    assert record["train_sample_mb"] == 0.05 and sample["of_documents"] == 190  # 10 of 200 held out
+    assert sample["documents"] < 80 and 30_000 < sample["bytes"] < 80_000 and sample["of_bytes"] > 150_000
+    lines = [r.getMessage() for r in caplog.records if "sample" in r.getMessage()]
+    assert len(lines) == 1 and f"{sample['documents']} of 190 training documents" in lines[0]
+    # at the default (no sample on this corpus) the key and the record are those from before the field existed
+    default_record = json.loads((default_dir / tokenizer_module.SETTINGS_FILE).read_text())
+    assert set(default_record) == {"version", "tokenizers", "source", "validation_fraction", "kind", "vocab_size",
+                                   "lowercase", "min_frequency"}
+
+
+def test_train_sample_mb_at_its_default_keeps_the_recorded_run_ids():
+    """f257c67247 is the default config's id computed before tokenizer.train_sample_mb existed (as
+    tests/test_recipes.py records it): the field is in ADDED_LATER, hashed only away from its default."""
+    assert load_config().run_id() == "f257c67247"
+    assert load_config(overrides=["tokenizer.train_sample_mb=1024.0"]).run_id() == "f257c67247"
+    for override in ("tokenizer.train_sample_mb=64", "tokenizer.train_sample_mb=null"):
+        assert load_config(overrides=[override]).run_id() != "f257c67247", override

@@ -7,8 +7,17 @@
 Segmentation is cached apart from tokenization because pysbd is the slow step (about 120 Reuters articles per
 second per core): a new vocabulary size re-tokenizes the cached sentences but never re-segments. Each cache entry
 is built under its lock (harness.data.cache: one process builds, others wait and read) and written through
-`atomic_dir`, so an interrupted build leaves nothing behind; scratch Arrow files of the datasets library go to a
-temporary folder inside our cache, never to ~/.cache/huggingface.
+`atomic_dir`, so an interrupted build never leaves a half-written entry; scratch Arrow files of the datasets library
+go to a temporary folder inside our cache, never to ~/.cache/huggingface.
+
+Both stages map their documents in contiguous shards of SHARD_DOCUMENTS documents (harness.data.cache.map_in_shards),
+each saved when done under `<entry>.partial/shard-NNNNN/` beside the entry, with a record of the entry's key and the
+shard's documents. A build that was interrupted (Ctrl-C, a crash, a full disk) resumes: rerun the same command and
+it reuses the finished shards of the same key ("resuming: 3 of 7 shards done") and computes only the others. The
+entry is then published from the shards concatenated in order - the same rows, features, settings and key as a
+build in one piece - and the partial folder removed. A stage of several shards shows one progress bar over the whole
+corpus (documents, rate, ETA), advanced per shard; a stage of one shard keeps the datasets library's bar. A full
+disk stops with one line saying how many shards are kept, where, and about how much more space the step needs.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.config import CorpusConfig, RunConfig
 from harness.data import segment
-from harness.data.cache import build_lock
+from harness.data.cache import build_lock, drop_partial, full_disk_keeps_shards, map_in_shards, shard_ranges
 from harness.data.documents import (
     DIGESTS_DIR,
     CorpusError,
@@ -56,6 +65,10 @@ log = logging.getLogger(__name__)
 
 # Bump when the layout or content of a cached corpus changes: it is part of every corpus and segments key.
 CORPUS_CACHE_VERSION = 3
+
+# Documents per resumable shard of each stage: an interruption loses at most one shard (about 3 minutes of pysbd
+# on one core at 120 articles/s, seconds of tokenizing); the shard size never changes the result.
+SHARD_DOCUMENTS = 20_000
 
 
 @dataclass(frozen=True)
@@ -167,8 +180,8 @@ def check_sentence_boundaries(segmented: Dataset, corpus: CorpusConfig) -> None:
 
     most = pc.max(pc.list_value_length(segmented.data.column("sentences"))).as_py() or 0
     if most <= 1:
-        hint = ("set corpus.segmenter = 'newline' if the text holds one sentence per line, or check the file"
-                if corpus.segmenter == "pysbd" else "each non-empty line should hold one sentence: check the file")
+        hint = ("each non-empty line should hold one sentence: check the file" if corpus.segmenter == "newline"
+                else "set corpus.segmenter = 'newline' if the text holds one sentence per line, or check the file")
         raise CorpusError(f"{describe_source(corpus)}: every document segments into a single sentence with "
                           f"corpus.segmenter = '{corpus.segmenter}' (no sentence boundaries found); {hint}")
 
@@ -181,8 +194,22 @@ def _features(token_ids: bool) -> Any:
     return Features({**columns, "chars": Value("int64")} if token_ids else columns)
 
 
-def _num_proc(config: RunConfig) -> int | None:
-    return config.impl.num_proc if (config.impl.num_proc or 1) > 1 else None
+# impl.num_proc = null gives each datasets.map worker at least this many documents (harness.config.ImplConfig).
+_DOCS_PER_PROCESS = 1000
+
+
+def _num_proc(config: RunConfig, documents: int | None = None) -> int | None:
+    """The one place impl.num_proc is resolved: processes for a datasets.map over `documents` documents, None for
+    one (no worker pool). A set value wins; null means the usable cores (this process's CPU affinity, which
+    containers and `taskset` narrow, else os.cpu_count()), at most one per _DOCS_PER_PROCESS documents. A caller
+    that does not pass the count gets one process unless impl.num_proc is set."""
+    import os
+
+    processes = config.impl.num_proc
+    if processes is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        processes = min(cores, (documents or 0) // _DOCS_PER_PROCESS)
+    return processes if processes > 1 else None
 
 
 @contextmanager
@@ -198,11 +225,17 @@ def _write_settings(folder: Path, settings: dict[str, Any]) -> None:
 
 
 def segments_settings(corpus: CorpusConfig, source: dict[str, Any]) -> dict[str, Any]:
-    """What shapes the segmented corpus: the documents and the segmenter (not the tokenizer, not the split)."""
+    """What shapes the segmented corpus: the documents and the segmenter with its version (not the tokenizer, not
+    the split). The keys of pysbd and newline are those of the caches built before sentencex existed."""
     import pysbd
 
-    return {"version": CORPUS_CACHE_VERSION, "source": source, "segmenter": corpus.segmenter,
-            "pysbd": pysbd.__version__ if corpus.segmenter == "pysbd" else None}
+    settings = {"version": CORPUS_CACHE_VERSION, "source": source, "segmenter": corpus.segmenter,
+                "pysbd": pysbd.__version__ if corpus.segmenter == "pysbd" else None}
+    if corpus.segmenter == "sentencex":
+        from importlib.metadata import version
+
+        settings["sentencex"] = version("sentencex")  # the package has no __version__
+    return settings
 
 
 def _segments(config: RunConfig, source: dict[str, Any], documents: Callable[[], Dataset], root: Path, work: Path
@@ -218,41 +251,80 @@ def _segments(config: RunConfig, source: dict[str, Any], documents: Callable[[],
     return load_from_disk(str(final)), hit
 
 
+def _shard_num_proc(config: RunConfig, documents: int) -> int | None:
+    """_num_proc for one shard, never more processes than documents (datasets would warn and cut them)."""
+    processes = _num_proc(config, documents)
+    return processes if processes is None or processes <= documents else (documents if documents > 1 else None)
+
+
 def _segment_into(final: Path, config: RunConfig, docs: Dataset, work: Path, settings: dict[str, Any]) -> None:
     corpus = config.corpus
-    log.info("segmenting %d documents with %s (num_proc=%s)", len(docs), corpus.segmenter, _num_proc(config))
-    segmented = docs.map(segment.segment_batch, batched=True, batch_size=16, num_proc=_num_proc(config),
-                         fn_kwargs={"segmenter": corpus.segmenter}, remove_columns=["title", "text"],
-                         features=_features(token_ids=False), cache_file_name=str(work / "segments.arrow"),
-                         new_fingerprint=fingerprint(settings), desc="segmenting")
-    check_sentence_boundaries(segmented, corpus)
-    with atomic_dir(final) as tmp, quiet_progress():
+    key = fingerprint(settings)
+    log.info("segmenting %d documents with %s in shards of %d (num_proc=%s)", len(docs), corpus.segmenter,
+             SHARD_DOCUMENTS, _shard_num_proc(config, min(len(docs), SHARD_DOCUMENTS)))
+
+    def segment_shard(shard: Dataset, scratch: Path) -> Dataset:
+        return shard.map(segment.segment_batch, batched=True, batch_size=16,
+                         num_proc=_shard_num_proc(config, len(shard)), fn_kwargs={"segmenter": corpus.segmenter},
+                         remove_columns=["title", "text"], features=_features(token_ids=False),
+                         cache_file_name=str(scratch), new_fingerprint=fingerprint([key, scratch.name]),
+                         desc="segmenting")
+
+    what = f"{describe_source(corpus)}: segmenting"
+    segmented = map_in_shards(final, key, docs, segment_shard, work, SHARD_DOCUMENTS, what, "segmenting")
+    try:
+        check_sentence_boundaries(segmented, corpus)
+    except CorpusError:
+        drop_partial(final)  # the fix (another file or segmenter) changes the key: these shards are never reused
+        raise
+    full_disk = full_disk_keeps_shards(final, what, len(shard_ranges(len(docs), SHARD_DOCUMENTS)))
+    with full_disk, atomic_dir(final) as tmp, quiet_progress():
         segmented.save_to_disk(str(tmp))
         _write_settings(tmp, settings)
+    drop_partial(final)
 
 
-def _tokenize_and_split(config: RunConfig, segmented: Dataset, tokenizer: PreTrainedTokenizerBase, final: Path,
-                        work: Path, settings: dict[str, Any]) -> None:
+def _split(tokenized: Dataset, corpus: CorpusConfig) -> Any:
+    """The held-out split of the tokenized documents, each split in corpus order; documents with no token go."""
     import pyarrow.compute as pc
     from datasets import DatasetDict
 
-    key = fingerprint(settings)
-    log.info("tokenizing %d documents (num_proc=%s)", len(segmented), _num_proc(config))
-    tokenized = segmented.map(tokenize_batch, batched=True, batch_size=64, num_proc=_num_proc(config),
-                              fn_kwargs={"tokenizer": text_encoder(tokenizer)}, features=_features(token_ids=True),
-                              cache_file_name=str(work / "tokens.arrow"), new_fingerprint=key, desc="tokenizing")
-    held_out = validation_mask(list(tokenized["doc_id"]), config.corpus.validation_fraction)
+    held_out = validation_mask(list(tokenized["doc_id"]), corpus.validation_fraction)
     sentences = pc.list_value_length(tokenized.data.column("sentences")).to_pylist()
     train = [i for i, (v, n) in enumerate(zip(held_out, sentences, strict=True)) if n and not v]
     validation = [i for i, (v, n) in enumerate(zip(held_out, sentences, strict=True)) if n and v]
     if not train:
-        raise CorpusError(f"{describe_source(config.corpus)}: no training document has any token")
-    splits = DatasetDict({"train": tokenized.select(train), "validation": tokenized.select(validation)})
+        raise CorpusError(f"{describe_source(corpus)}: no training document has any token")
+    return DatasetDict({"train": tokenized.select(train), "validation": tokenized.select(validation)})
+
+
+def _tokenize_and_split(config: RunConfig, segmented: Dataset, tokenizer: PreTrainedTokenizerBase, final: Path,
+                        work: Path, settings: dict[str, Any]) -> None:
+    key = fingerprint(settings)
+    log.info("tokenizing %d documents in shards of %d (num_proc=%s)", len(segmented), SHARD_DOCUMENTS,
+             _shard_num_proc(config, min(len(segmented), SHARD_DOCUMENTS)))
+    encoder = text_encoder(tokenizer)
+
+    def tokenize_shard(shard: Dataset, scratch: Path) -> Dataset:
+        return shard.map(tokenize_batch, batched=True, batch_size=64, num_proc=_shard_num_proc(config, len(shard)),
+                         fn_kwargs={"tokenizer": encoder}, features=_features(token_ids=True),
+                         cache_file_name=str(scratch), new_fingerprint=fingerprint([key, scratch.name]),
+                         desc="tokenizing")
+
+    what = f"{describe_source(config.corpus)}: tokenizing"
+    tokenized = map_in_shards(final, key, segmented, tokenize_shard, work, SHARD_DOCUMENTS, what, "tokenizing")
+    try:
+        splits = _split(tokenized, config.corpus)
+    except CorpusError:
+        drop_partial(final)  # as for check_sentence_boundaries: only other settings can fix it
+        raise
     # An empty split (validation_fraction = 0) must still be written as one (empty) shard to load back.
     shards = {name: 1 if len(split) == 0 else None for name, split in splits.items()}
-    with atomic_dir(final) as tmp, quiet_progress():
+    full_disk = full_disk_keeps_shards(final, what, len(shard_ranges(len(tokenized), SHARD_DOCUMENTS)))
+    with full_disk, atomic_dir(final) as tmp, quiet_progress():
         splits.save_to_disk(str(tmp), num_shards=shards)
         _write_settings(tmp, settings)
+    drop_partial(final)
 
 
 def build_corpus(config: RunConfig, data_dir: str | Path | None = None) -> TokenizedCorpus:

@@ -1,6 +1,9 @@
-"""Documents from the four corpus sources: a WikiText-style file, a JSON Lines file, a folder of one-document-per-file
-texts, or a Hugging Face hub dataset. Every source becomes the same `datasets.Dataset` of (doc_id, title, text), where
-text holds paragraphs separated by blank lines, so segmentation and tokenization treat all sources alike.
+"""Documents from the corpus sources: WikiText-style files, JSON Lines files, Parquet files, one-document-per-file
+texts (a folder, or the files a glob matches) or a Hugging Face hub dataset (downloaded whole, or streamed). Every
+source becomes the same `datasets.Dataset` of (doc_id, title, text), where text holds paragraphs separated by blank
+lines, so segmentation and tokenization treat all sources alike. `corpus.path` may be a glob (`shards/*.jsonl`): the
+files it matches, in sorted order, are one corpus, and each doc_id starts with the file's path below the pattern's
+fixed folder, so ids stay unique across files (a plain path keeps the file's own name, as before globs existed).
 
 Files are decoded by hand (not by load_dataset("text"/"json")) so that a bad byte or a bad record is reported with
 its file, line and byte offset; the records still flow through `Dataset.from_generator`.
@@ -8,6 +11,7 @@ its file, line and byte offset; the records still flow through `Dataset.from_gen
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -16,13 +20,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from harness.config import CorpusConfig, HarnessError
-from harness.paths import atomic_write_text, resolve_data_path
+from harness.paths import DATA_DIR_ENV, atomic_write_text, data_root, resolve_data_path
 
 if TYPE_CHECKING:
-    from datasets import Dataset
+    from datasets import Dataset, IterableDataset
 
 EncodingErrors = Literal["strict", "replace"]
 Document = dict[str, str]  # doc_id, title, text
@@ -118,7 +122,8 @@ def _wikitext_documents(lines: Iterable[str], source: str, id_prefix: str) -> It
 
 
 # ---- JSON Lines -------------------------------------------------------------------------------------------------
-def read_jsonl(path: Path, text_field: str, errors: EncodingErrors) -> Iterator[Document]:
+def read_jsonl(path: Path, text_field: str, errors: EncodingErrors, name: str | None = None) -> Iterator[Document]:
+    """One document per record; doc_id `<name>:<line>` (name: the file's name unless given)."""
     for number, line in enumerate(read_lines(path, errors), start=1):
         if not line.strip():
             continue
@@ -137,7 +142,55 @@ def read_jsonl(path: Path, text_field: str, errors: EncodingErrors) -> Iterator[
         if not isinstance(text, str):
             raise CorpusError(f"{path} line {number}: field '{text_field}' is {type(text).__name__}, not text")
         title = record.get("title")
-        yield {"doc_id": f"{path.name}:{number}", "title": title if isinstance(title, str) else "", "text": text}
+        title = title if isinstance(title, str) else ""
+        yield {"doc_id": f"{name or path.name}:{number}", "title": title, "text": text}
+
+
+# ---- Parquet ----------------------------------------------------------------------------------------------------
+def _is_text_type(kind: Any) -> bool:
+    import pyarrow as pa
+
+    is_view = getattr(pa.types, "is_string_view", lambda _: False)  # pyarrow >= 16
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or is_view(kind)
+
+
+def check_parquet(path: Path, text_field: str) -> None:
+    """Reads only the file's footer: a non-Parquet file, a missing or non-text column fails before any work."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise CorpusError(f"{path}: not a Parquet file ({first}); is corpus.layout right?") from None
+    if text_field not in schema.names:
+        raise CorpusError(f"{path}: no column '{text_field}' (corpus.text_field); its columns: "
+                          f"{', '.join(schema.names) or 'none'}")
+    kind = schema.field(text_field).type
+    if not _is_text_type(kind):
+        raise CorpusError(f"{path}: column '{text_field}' (corpus.text_field) is {kind}, not text")
+
+
+def read_parquet(path: Path, text_field: str, name: str, batch_rows: int = 1024) -> Iterator[Document]:
+    """One document per row of the text column (null = empty), with a string `title` column if there is one; doc_id
+    `<name>:<row>`, rows counted from 0. Read in record batches of those columns, one row group at a time and without
+    pre-buffering (which holds the row groups still to come: +400 MB for a 420 MB file, against +50 MB this way)."""
+    import pyarrow.parquet as pq
+
+    check_parquet(path, text_field)
+    row = 0
+    with pq.ParquetFile(path, pre_buffer=False) as parquet:
+        schema = parquet.schema_arrow
+        titled = "title" in schema.names and text_field != "title" and _is_text_type(schema.field("title").type)
+        columns = [text_field, "title"] if titled else [text_field]
+        batches = (batch for group in range(parquet.num_row_groups)
+                   for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns))
+        for batch in batches:
+            titles = batch.column("title").to_pylist() if titled else [None] * batch.num_rows
+            for text, title in zip(batch.column(text_field).to_pylist(), titles, strict=True):
+                yield {"doc_id": f"{name}:{row}", "title": title or "", "text": text or ""}
+                row += 1
 
 
 # ---- folder of texts --------------------------------------------------------------------------------------------
@@ -150,54 +203,96 @@ def text_files(folder: Path) -> list[Path]:
     return sorted(p for p in files if not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
-def read_text_dir(folder: Path, errors: EncodingErrors) -> Iterator[Document]:
-    """One document per (non-hidden) file, in path order. A first line `[Title by Author Year]` (Gutenberg) is the
+def read_text_file(path: Path, name: str, errors: EncodingErrors) -> Document:
+    """A whole file as one document with doc_id `name`. A first line `[Title by Author Year]` (Gutenberg) is the
     title and not part of the text; otherwise the title is the file name."""
-    for path in text_files(folder):
-        text = decode_utf8(path.read_bytes(), path, errors).replace("\r\n", "\n").replace("\r", "\n")
-        first, _, rest = text.partition("\n")
-        match = _BRACKET_TITLE.match(first.strip())
-        title, text = (match.group(1).strip(), rest) if match else (path.stem, text)
-        yield {"doc_id": path.relative_to(folder).as_posix(), "title": title, "text": text}
+    text = decode_utf8(path.read_bytes(), path, errors).replace("\r\n", "\n").replace("\r", "\n")
+    first, _, rest = text.partition("\n")
+    match = _BRACKET_TITLE.match(first.strip())
+    title, text = (match.group(1).strip(), rest) if match else (path.stem, text)
+    return {"doc_id": name, "title": title, "text": text}
 
 
 # ---- sources -> one dataset ----------------------------------------------------------------------------------------
-def _local_source(corpus: CorpusConfig, data_dir: str | Path | None) -> Path:
-    path = resolve_data_path(corpus.path or "", data_dir, field="corpus.path")
-    if corpus.layout == "text_dir" and not path.is_dir():
-        raise CorpusError(f"corpus.path = '{corpus.path}': layout 'text_dir' needs a folder, {path} is a file")
-    if corpus.layout != "text_dir" and path.is_dir():
-        raise CorpusError(
-            f"corpus.path = '{corpus.path}': layout '{corpus.layout}' needs a file, {path} is a folder "
-            "(use layout 'text_dir' for a folder of texts)"
-        )
-    return path
+def is_glob(path: str) -> bool:
+    return any(char in path for char in "*?[")
+
+
+def _glob_files(pattern: str, data_dir: str | Path | None) -> list[tuple[Path, str]]:
+    """(file, its path below the pattern's fixed folder) for the files a glob matches, sorted by that path. Like a
+    plain path, a relative pattern is tried below the working dir, then below the data root: the first that matches
+    wins. Shell rules: `**` spans folders, `*` skips hidden files."""
+    parts = Path(pattern).expanduser().parts
+    fixed = next(i for i, part in enumerate(parts) if is_glob(part))
+    base, rest = Path(*parts[:fixed]) if fixed else Path(), "/".join(parts[fixed:])
+    root = data_root(data_dir)
+    bases = [base] if base.is_absolute() else [Path.cwd() / base] + ([root / base] if root else [])
+    for folder in bases:
+        names = sorted(Path(m).as_posix() for m in glob.glob(rest, root_dir=folder, recursive=True)
+                       if (folder / m).is_file()) if folder.is_dir() else []
+        if names:
+            folder = folder.resolve()
+            return [(folder / name, name) for name in names]
+    hint = "" if root else f" (relative patterns are also tried under --data-dir / ${DATA_DIR_ENV})"
+    raise CorpusError(f"corpus.path = '{pattern}': the pattern '{rest}' matches no file in "
+                      f"{' or '.join(str(b) for b in bases)}{hint}")
+
+
+_GLOB_HINT = {"jsonl": "*.jsonl", "parquet": "*.parquet"}
+
+
+def local_files(corpus: CorpusConfig, data_dir: str | Path | None) -> list[tuple[Path, str]]:
+    """The files of a local corpus, in reading order, each with the name its doc_ids start with: the file's own
+    name for a plain path (the ids of before globs), its path below the folder (text_dir) or below the glob's fixed
+    folder. Parquet footers are checked here, before any file is read."""
+    if is_glob(corpus.path or ""):
+        files = _glob_files(corpus.path or "", data_dir)
+    else:
+        path = resolve_data_path(corpus.path or "", data_dir, field="corpus.path")
+        if corpus.layout == "text_dir" and not path.is_dir():
+            raise CorpusError(f"corpus.path = '{corpus.path}': layout 'text_dir' needs a folder or a glob, "
+                              f"{path} is a file")
+        if corpus.layout != "text_dir" and path.is_dir():
+            files_in = f"{(corpus.path or '').rstrip('/')}/{_GLOB_HINT.get(corpus.layout, '*')}"
+            raise CorpusError(
+                f"corpus.path = '{corpus.path}': layout '{corpus.layout}' needs a file or a glob, {path} is a folder "
+                f"(use layout 'text_dir' for a folder of texts, or a glob such as '{files_in}' for its files)"
+            )
+        files = [(p, p.relative_to(path).as_posix()) for p in text_files(path)] if path.is_dir() \
+            else [(path, path.name)]
+    if corpus.layout == "parquet":
+        for file, _ in files:
+            check_parquet(file, corpus.text_field)
+    return files
 
 
 def source_identity(corpus: CorpusConfig, data_dir: str | Path | None, errors: EncodingErrors,
-                    memo_dir: Path | None = None) -> dict[str, Any]:
-    """Everything that decides the documents: for a local corpus, the content hash of every file (not its path's
-    times), so that a copied, re-created or touched corpus with the same bytes keeps its caches and a changed one
-    never reuses them. Hashes are remembered per file by (size, mtime, inode), in this process and in `memo_dir`
-    (the cache's), so an unchanged corpus is read once."""
+                    memo_dir: Path | None = None, hub: HubRows | None = None) -> dict[str, Any]:
+    """Everything that decides the documents: for a local corpus, the name and content hash of every file in
+    reading order (not its path's times), so that a copied, re-created or touched corpus with the same bytes keeps
+    its caches and a changed one never reuses them. Hashes are remembered per file by (size, mtime, inode), in this
+    process and in `memo_dir` (the cache's), so an unchanged corpus is read once. A hub dataset is identified by
+    name, config and split; a streamed one also by the revision the hub resolved (opened here unless `hub` is the
+    stream already opened), never by its content."""
     shape = {"version": DOCUMENTS_VERSION, "layout": corpus.layout, "max_documents": corpus.max_documents,
              "encoding_errors": errors}
-    if corpus.layout == "jsonl" or corpus.hub is not None:
+    if corpus.layout in ("jsonl", "parquet") or corpus.hub is not None:
         shape["text_field"] = corpus.text_field
     if corpus.hub is not None:
-        return {**shape, "hub": corpus.hub, "hub_config": corpus.hub_config, "hub_split": corpus.hub_split}
-    path = _local_source(corpus, data_dir)
-    files = text_files(path) if path.is_dir() else [path]
-    digests = file_digests(files, memo_dir)
-    # The names the document ids are made of: paths below the folder, or the file's own name.
-    names = [p.relative_to(path).as_posix() if path.is_dir() else p.name for p in files]
-    return {**shape, "files": [(name, p.stat().st_size, digest)
-                               for name, p, digest in zip(names, files, digests, strict=True)]}
+        shape = {**shape, "hub": corpus.hub, "hub_config": corpus.hub_config, "hub_split": corpus.hub_split}
+        if corpus.hub_streaming:  # the key of before streaming existed stays as it was for downloaded datasets
+            shape["hub_revision"] = (hub if hub is not None else open_hub_dataset(corpus)).revision
+        return shape
+    files = local_files(corpus, data_dir)
+    digests = file_digests([file for file, _ in files], memo_dir)
+    return {**shape, "files": [(name, file.stat().st_size, digest)
+                               for (file, name), digest in zip(files, digests, strict=True)]}
 
 
 def corpus_digest(identity: dict[str, Any]) -> str:
     """What final_metrics.json records of the documents a run trained on: equal for equal contents, wherever the
-    files lie (for a hub dataset: its name, config and split; the hub revision is not pinned)."""
+    files lie (for a hub dataset: its name, config and split, and for a streamed one the revision the hub
+    resolved; a downloaded one's revision is not pinned)."""
     return fingerprint(identity)
 
 
@@ -234,18 +329,26 @@ def file_digests(files: Sequence[Path], memo_dir: Path | None = None) -> list[st
     return out
 
 
-def _generate_documents(corpus_json: str, path: str | None, errors: EncodingErrors, hub_rows: Any = None
-                        ) -> Iterator[Document]:
+def _file_documents(corpus: CorpusConfig, file: Path, name: str, errors: EncodingErrors) -> Iterator[Document]:
+    if corpus.layout == "wikitext":
+        yield from _wikitext_documents(read_lines(file, errors), str(file), name)
+    elif corpus.layout == "jsonl":
+        yield from read_jsonl(file, corpus.text_field, errors, name)
+    elif corpus.layout == "parquet":
+        yield from read_parquet(file, corpus.text_field, name)
+    else:
+        yield read_text_file(file, name, errors)
+
+
+def _generate_documents(corpus_json: str, files: tuple[tuple[str, str], ...], errors: EncodingErrors,
+                        hub_rows: Any = None) -> Iterator[Document]:
+    # `files` is a tuple, not a list: datasets would split a list into shards and call this once per file.
     corpus = CorpusConfig.model_validate_json(corpus_json)
     source = describe_source(corpus)
     if hub_rows is not None:
         records = _hub_documents(corpus, hub_rows)
-    elif corpus.layout == "wikitext":
-        records = _wikitext_documents(read_lines(Path(path), errors), source, Path(path).name)
-    elif corpus.layout == "jsonl":
-        records = read_jsonl(Path(path), corpus.text_field, errors)
     else:
-        records = read_text_dir(Path(path), errors)
+        records = (doc for file, name in files for doc in _file_documents(corpus, Path(file), name, errors))
     kept = 0
     for record in islice((r for r in records if r["text"].strip()), corpus.max_documents):
         kept += 1
@@ -276,11 +379,11 @@ def load_documents(corpus: CorpusConfig, data_dir: str | Path | None, workdir: P
     from datasets import Dataset, Features, Value
     from datasets.exceptions import DatasetGenerationError
 
-    identity = source_identity(corpus, data_dir, encoding_errors)
-    hub_rows = open_hub_dataset(corpus) if corpus.hub is not None else None
-    path = None if corpus.hub is not None else str(_local_source(corpus, data_dir))
-    kwargs = {"corpus_json": corpus.model_dump_json(), "path": path, "errors": encoding_errors,
-              "hub_rows": hub_rows}
+    hub = open_hub_dataset(corpus) if corpus.hub is not None else None
+    identity = source_identity(corpus, data_dir, encoding_errors, hub=hub)
+    files = () if hub is not None else tuple((str(file), name) for file, name in local_files(corpus, data_dir))
+    kwargs = {"corpus_json": corpus.model_dump_json(), "files": files, "errors": encoding_errors,
+              "hub_rows": hub.rows if hub is not None else None}
     features = Features({"doc_id": Value("string"), "title": Value("string"), "text": Value("string")})
     try:
         with quiet_progress():
@@ -346,9 +449,29 @@ def _hub_reachable(timeout: float = 5.0) -> str | None:
     return None
 
 
-def open_hub_dataset(corpus: CorpusConfig) -> Dataset:
-    """The hub split as a Dataset. Offline (HF_HUB_OFFLINE set) only the local Hugging Face cache is tried; a missing
-    network fails in seconds. Either way the error is one line that says how to use a local copy."""
+class HubRows(NamedTuple):
+    """An opened hub split: downloaded (a Dataset; revision None, not pinned) or streamed (an IterableDataset,
+    read as it is iterated; revision: the commit the hub resolved, where the dataset builder knows it)."""
+
+    rows: Dataset | IterableDataset
+    revision: str | None
+
+
+def _open_hub_rows(corpus: CorpusConfig) -> HubRows:
+    import datasets
+
+    if not corpus.hub_streaming:
+        return HubRows(datasets.load_dataset(corpus.hub, corpus.hub_config, split=corpus.hub_split), None)
+    # What load_dataset(..., streaming=True) does, keeping the builder: its `hash` is the hub commit it resolved.
+    builder = datasets.load_dataset_builder(corpus.hub, corpus.hub_config)
+    revision = builder.hash if isinstance(builder.hash, str) else None
+    return HubRows(builder.as_streaming_dataset(split=corpus.hub_split), revision)
+
+
+def open_hub_dataset(corpus: CorpusConfig) -> HubRows:
+    """The hub split, downloaded whole or (corpus.hub_streaming) as a stream: nothing is downloaded up front. Offline
+    (HF_HUB_OFFLINE set) only the local Hugging Face cache is tried; a missing network fails in seconds. Either way
+    the error is one line that says how to use a local copy."""
     from unittest import mock
 
     import datasets
@@ -362,27 +485,37 @@ def open_hub_dataset(corpus: CorpusConfig) -> Dataset:
     with mock.patch.object(datasets.config, "HF_HUB_OFFLINE", offline or datasets.config.HF_HUB_OFFLINE), \
             mock.patch.object(constants, "HF_HUB_OFFLINE", offline or constants.HF_HUB_OFFLINE):
         try:
-            rows = datasets.load_dataset(corpus.hub, corpus.hub_config, split=corpus.hub_split)
+            hub = _open_hub_rows(corpus)
         except Exception as err:  # the hub client raises many types; the user needs one line, not a traceback
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
             state = f"the hub is offline (HF_HUB_OFFLINE) and the local cache cannot serve it ({first})" if offline \
                 else first
             raise CorpusError(f"{name}: {state}; {_hub_hint(corpus)}") from None
-    if corpus.text_field not in rows.column_names:
-        raise CorpusError(f"{name}: no column '{corpus.text_field}' (corpus.text_field); columns: "
-                          f"{', '.join(rows.column_names)}")
-    return rows
+    columns = hub.rows.column_names  # None for a stream whose features the hub does not declare
+    if columns is not None and corpus.text_field not in columns:
+        raise CorpusError(f"{name}: no column '{corpus.text_field}' (corpus.text_field); columns: {', '.join(columns)}")
+    return hub
 
 
-def _hub_documents(corpus: CorpusConfig, rows: Dataset) -> Iterator[Document]:
-    """layout 'wikitext': rows are lines, regrouped into articles; layout 'jsonl': rows are documents."""
+def _hub_documents(corpus: CorpusConfig, rows: Dataset | IterableDataset) -> Iterator[Document]:
+    """layout 'wikitext': rows are lines, regrouped into articles; layout 'jsonl': rows are documents. Rows are
+    pulled as documents are taken, so corpus.max_documents stops a stream early; ids are equal streamed or not."""
     prefix = f"{corpus.hub}/{corpus.hub_config or 'default'}/{corpus.hub_split}"
     field = corpus.text_field
+
+    def checked(row: dict[str, Any], index: int) -> dict[str, Any]:
+        if field not in row:
+            raise CorpusError(f"{describe_source(corpus)}: row {index} has no column '{field}' (corpus.text_field); "
+                              f"columns: {', '.join(row)}")
+        return row
+
     if corpus.layout == "wikitext":
-        lines = (line for batch in rows.iter(batch_size=10_000) for line in batch[field])
+        size = 1_000 if corpus.hub_streaming else 10_000
+        batches = rows.iter(batch_size=size)
+        lines = (line for index, batch in enumerate(batches) for line in checked(batch, index * size)[field])
         yield from _wikitext_documents(lines, describe_source(corpus), prefix)
         return
-    titles = "title" in rows.column_names
     for index, row in enumerate(rows):
-        title = row["title"] if titles and isinstance(row["title"], str) else ""
-        yield {"doc_id": f"{prefix}:{index}", "title": title, "text": row[field] or ""}
+        title = checked(row, index).get("title")
+        yield {"doc_id": f"{prefix}:{index}", "title": title if isinstance(title, str) else "",
+               "text": row[field] or ""}

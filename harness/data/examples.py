@@ -6,7 +6,9 @@ in microseconds and nothing is pickled per example.
 
 Building streams: documents are read from the tokenized corpus a shard at a time (harness.data.document_views),
 packed as they are read, and the rows appended to the .npy files in chunks (`PackedWriter`); static copies are
-packed one after another. Memory is bounded by one shard of documents, whatever the corpus size.
+packed one after another. Memory is bounded by one shard of documents, whatever the corpus size. Packing at least
+PROGRESS_DOCUMENTS documents (all copies together) shows a progress bar over them (rate, ETA); smaller ones, as in
+tests, pack silently.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -32,6 +35,7 @@ EXAMPLES_CACHE_VERSION = 2
 NO_NSP = -1
 WRITE_ROWS = 4096  # rows converted and appended at a time
 NPY_HEADER_BYTES = 128  # numpy's format 1.0 header of a 1-D array, whatever its length
+PROGRESS_DOCUMENTS = 10_000  # packing fewer documents than this (all copies together) takes seconds: no bar
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,22 @@ def chunks(examples: Iterable[Example], size: int) -> Iterator[list[Example]]:
         yield chunk
 
 
+def _progress(documents: int) -> AbstractContextManager[Any]:
+    """A bar over the documents packed, or None for a packing that takes seconds. The datasets library's switch
+    (datasets.disable_progress_bars) hides it as it hides the corpus stages' bars."""
+    if documents < PROGRESS_DOCUMENTS:
+        return nullcontext(None)
+    from datasets.utils.tqdm import tqdm
+
+    return tqdm(total=documents, unit=" docs", desc="packing", dynamic_ncols=True)
+
+
+def _advance(bar: Any, documents: int) -> None:
+    """Move the bar to `documents` done (a row's first document marks how far its copy has been read)."""
+    if bar is not None and documents > bar.n:
+        bar.update(documents - bar.n)
+
+
 def load_packed(folder: Path) -> PackedExamples:
     fields = PackedExamples.__dataclass_fields__
     return PackedExamples(**{name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in fields})
@@ -185,10 +205,13 @@ def build_packed(documents: Any, plan: PackingPlan, specials: SpecialTokens, fol
             copies = stream_copies(view, plan.packing, plan.max_seq_length, specials, plan.nsp, plan.short_seq_prob,
                                    plan.seed, plan.copies, plan.separators)
             with atomic_dir(folder) as tmp:
-                with PackedWriter(tmp) as writer:
+                with PackedWriter(tmp) as writer, _progress(len(view) * plan.copies) as bar:
                     for copy, examples in enumerate(copies):  # one copy at a time, each streamed to the end
                         for chunk in chunks(examples, WRITE_ROWS):
-                            writer.append(examples_to_arrays(chunk, copy))
+                            rows = examples_to_arrays(chunk, copy)
+                            writer.append(rows)
+                            _advance(bar, copy * len(view) + int(rows.first_document.max(initial=-1)) + 1)
+                        _advance(bar, (copy + 1) * len(view))
                 settings = {"corpus": corpus_key, **vars(plan)}
                 (tmp / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
     return load_packed(folder)

@@ -6,7 +6,8 @@
   ids `[PAD]`=0, `[UNK]`=1, `[CLS]`=2, `[SEP]`=3, `[MASK]`=4.
 
 Both are wrapped as transformers tokenizers (RobertaTokenizer / BertTokenizer), so `save_pretrained` +
-`AutoTokenizer.from_pretrained` give back the same class. A trained tokenizer is cached under
+`AutoTokenizer.from_pretrained` give back the same class. A tokenizer is trained on the training documents (an evenly
+spaced sample of them when their text exceeds tokenizer.train_sample_mb) and cached under
 cache_root()/tokenizers/<hash of the documents, the held-out split and the tokenizer settings>.
 """
 
@@ -20,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.config import ConfigError, RunConfig
+from harness.config import ConfigError, RunConfig, TokenizerConfig
 from harness.data.cache import build_lock
 from harness.data.documents import DIGESTS_DIR, fingerprint, load_documents, source_identity, validation_mask
 from harness.data.segment import split_paragraphs
@@ -164,14 +165,41 @@ def tokenizer_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def training_texts(documents: Dataset, held_out: list[bool]) -> Iterator[str]:
-    """Paragraphs of the training documents only: the held-out documents must stay unseen."""
+def training_texts(documents: Dataset, chosen: list[bool]) -> Iterator[str]:
+    """Paragraphs of the chosen documents only (training_sample: never a held-out one, which must stay unseen)."""
     index = 0
     for batch in documents.iter(batch_size=1000):
         for text in batch["text"]:
-            if not held_out[index]:
+            if chosen[index]:
                 yield from split_paragraphs(text)
             index += 1
+
+
+def training_sample(documents: Dataset, held_out: list[bool], sample_mb: float | None
+                    ) -> tuple[list[bool], dict[str, Any] | None]:
+    """Which documents train the tokenizer: every training document, or, when their text exceeds `sample_mb` MB of
+    UTF-8, an evenly spaced share of them (the n-th training document, from 0, is taken when floor((n + 1) x share)
+    exceeds floor(n x share), so the choice depends on the documents' order only, never on a seed). Returns (the
+    choice, a record of the sample or None when there is none)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    # Byte lengths on the Arrow columns, batch by batch (the rows as the dataset shows them, a selection included).
+    batches = documents.select_columns(["text"]).with_format("arrow").iter(batch_size=100_000)
+    sizes = np.concatenate([np.zeros(0, dtype=np.int64), *(
+        np.asarray(pc.binary_length(batch["text"]).fill_null(0), dtype=np.int64) for batch in batches)])
+    training = ~np.asarray(held_out, dtype=bool)
+    total = int(sizes[training].sum())
+    if sample_mb is None or total <= sample_mb * 1e6:
+        return training.tolist(), None
+    share = sample_mb * 1e6 / total
+    rank = np.arange(int(training.sum()))
+    taken = np.floor((rank + 1) * share) > np.floor(rank * share)
+    chosen = np.zeros(len(held_out), dtype=bool)
+    chosen[np.flatnonzero(training)[taken]] = True
+    record = {"documents": int(chosen.sum()), "of_documents": int(training.sum()), "bytes": int(sizes[chosen].sum()),
+              "of_bytes": total}
+    return chosen.tolist(), record
 
 
 def tokenizer_settings(config: RunConfig, source: dict[str, Any]) -> dict[str, Any]:
@@ -179,9 +207,14 @@ def tokenizer_settings(config: RunConfig, source: dict[str, Any]) -> dict[str, A
     import tokenizers
 
     t = config.tokenizer
-    return {"version": TOKENIZER_VERSION, "tokenizers": tokenizers.__version__, "source": source,
-            "validation_fraction": config.corpus.validation_fraction, "kind": t.kind, "vocab_size": t.vocab_size,
-            "lowercase": t.lowercase, "min_frequency": t.min_frequency}
+    settings = {"version": TOKENIZER_VERSION, "tokenizers": tokenizers.__version__, "source": source,
+                "validation_fraction": config.corpus.validation_fraction, "kind": t.kind, "vocab_size": t.vocab_size,
+                "lowercase": t.lowercase, "min_frequency": t.min_frequency}
+    # Only away from its default, so the tokenizers cached before the field existed keep their keys: at the default
+    # a corpus under 1024 MB trains on all its text as before, and a larger one is sampled the same way every time.
+    if t.train_sample_mb != TokenizerConfig.model_fields["train_sample_mb"].default:
+        settings["train_sample_mb"] = t.train_sample_mb
+    return settings
 
 
 def obtain_tokenizer(config: RunConfig, source: dict[str, Any], documents: Callable[[], Dataset], root: Path,
@@ -202,7 +235,13 @@ def obtain_tokenizer(config: RunConfig, source: dict[str, Any], documents: Calla
 def _train_into(final: Path, config: RunConfig, settings: dict[str, Any], docs: Dataset) -> None:
     t = config.tokenizer
     held_out = validation_mask(list(docs["doc_id"]), config.corpus.validation_fraction)
-    trained = train_tokenizer(training_texts(docs, held_out), t.kind, t.vocab_size, t.lowercase, t.min_frequency)
+    chosen, sample = training_sample(docs, held_out, t.train_sample_mb)
+    if sample is not None:
+        log.info("training the tokenizer on a sample: %d of %d training documents, %.2f of %.2f MB of text "
+                 "(tokenizer.train_sample_mb = %g)", sample["documents"], sample["of_documents"],
+                 sample["bytes"] / 1e6, sample["of_bytes"] / 1e6, t.train_sample_mb)
+        settings = {**settings, "train_sample": sample}  # recorded beside the tokenizer, not part of its key
+    trained = train_tokenizer(training_texts(docs, chosen), t.kind, t.vocab_size, t.lowercase, t.min_frequency)
     if len(trained) < t.vocab_size:
         log.warning("tokenizer.vocab_size = %d, but the training documents only yield %d tokens (min_frequency = %d); "
                     "size the model's embeddings by len(tokenizer)", t.vocab_size, len(trained), t.min_frequency)
