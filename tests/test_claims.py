@@ -38,7 +38,10 @@ def test_the_claims_file_parses_and_every_claim_names_columns_and_arms_that_exis
         arms = [p.label for p in grid.points if not p.baseline]
         for claim in listed:
             for key in (claim.arm, claim.reference):
-                assert (key in arms) if isinstance(key, str) else (0 <= key < len(arms)), (study, claim.id, key)
+                if isinstance(key, tuple):  # candidates: the first this scale runs
+                    assert set(key) & set(arms), (study, claim.id, key)
+                else:
+                    assert (key in arms) if isinstance(key, str) else (0 <= key < len(arms)), (study, claim.id, key)
             for column in claim.all_columns:
                 if column == "heldout":
                     assert smallest_effect(claims.smallest_effects, column, None, (2.0, 50.0)) > 0
@@ -62,6 +65,8 @@ def test_the_claims_file_parses_and_every_claim_names_columns_and_arms_that_exis
      "t1 claim 1: missing 'arm'"),
     ("smallest_effects: {accuracy: 0.5}\nt1:\n  - {id: a, says: x, kind: superior, arm: a, reference: b, "
      "columns: [sst2], colums: [rte]}\n", "unknown field 'colums'"),
+    ("smallest_effects: {accuracy: 0.5}\nt1:\n  - {id: a, says: x, kind: superior, arm: [], reference: b, "
+     "columns: [sst2]}\n", "t1 claim 1 (a): an empty list of arms"),
 ])
 def test_a_malformed_claims_file_names_the_file_the_claim_and_what_is_allowed(tmp_path, text, message):
     path = tmp_path / "claims.yaml"
@@ -69,6 +74,27 @@ def test_a_malformed_claims_file_names_the_file_the_claim_and_what_is_allowed(tm
     with pytest.raises(ClaimsError, match="claims.yaml") as err:
         load_claims(path)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_table1s_redraw_claim_compares_equal_copies_at_every_scale():
+    """Google's re-draw differs from masks-only copies only with two copies or more: at the cpu scale (one `auto`
+    copy) the claim compares static_redraw with static_x2, both at two copies; where no static_x2 runs (quick, paper,
+    gpu) with static, both at the same dupe_factor; dynamic is judged against the one-copy static everywhere."""
+    from types import SimpleNamespace
+
+    from harness.report.report import _claim_point
+
+    claim = next(c for c in load_claims().studies["table1_masking"] if c.id == "redraw_is_not_the_difference")
+    for scale, expected in (("cpu", "static_x2"), ("quick", "static"), ("paper", "static"), ("gpu", "static")):
+        grid = load_grid(ROOT / "experiments" / "table1_masking.yaml", scale, check_data=False)
+        data = {run.point.label: run.config.data for run in grid.runs}
+        arm = _claim_point(SimpleNamespace(arms=[p.label for p in grid.points if not p.baseline]), claim.arm)
+        assert arm == expected, scale
+        assert data[arm].dupe_factor == data["static_redraw"].dupe_factor, scale
+        assert (data[arm].static_mode, data["static_redraw"].static_mode) == ("masks_only", "redraw"), scale
+        assert data[arm].masking == data["static_redraw"].masking == "static"
+        if scale == "cpu":  # auto is one copy here, in which both modes are the same data
+            assert data["static_x2"].dupe_factor == 2 and data["static"].dupe_factor == "auto"
 
 
 def test_holm_by_hand():

@@ -48,8 +48,8 @@ class Claim:
     id: str
     says: str
     kind: str
-    arm: str | int
-    reference: str | int
+    arm: str | int | tuple[str, ...]  # a point label, a position, or candidate labels: the first the study ran
+    reference: str | int | tuple[str, ...]
     columns: tuple[str, ...]
     extends_to: tuple[str, ...] = ()
 
@@ -90,8 +90,13 @@ def load_claims(path: str | Path = CLAIMS_FILE) -> Claims:
             unknown = set(entry) - {"id", "says", "kind", "arm", "reference", "columns", "extends_to"}
             if unknown:
                 raise ClaimsError(f"{where} ({entry['id']}): unknown field '{sorted(unknown)[0]}'")
-            claims.append(Claim(str(entry["id"]), " ".join(str(entry["says"]).split()), entry["kind"], entry["arm"],
-                                entry["reference"], tuple(entry["columns"]), tuple(entry.get("extends_to") or ())))
+            arm, reference = (tuple(map(str, entry[k])) if isinstance(entry[k], list) else entry[k]
+                              for k in ("arm", "reference"))
+            if () in (arm, reference):
+                raise ClaimsError(f"{where} ({entry['id']}): an empty list of arms; allowed: a label, a position or "
+                                  "a list of labels (the first the study ran)")
+            claims.append(Claim(str(entry["id"]), " ".join(str(entry["says"]).split()), entry["kind"], arm,
+                                reference, tuple(entry["columns"]), tuple(entry.get("extends_to") or ())))
         studies[study] = tuple(claims)
     return Claims(effects, studies)
 

@@ -276,10 +276,13 @@ def claim_rows(report: StudyReport) -> list[dict[str, Any]]:
     return rows
 
 
-def _claim_point(report: StudyReport, key: str | int) -> str | None:
-    """A claim's arm or reference: a point label, or (position-matched studies) its position among the arms."""
+def _claim_point(report: StudyReport, key: str | int | tuple[str, ...]) -> str | None:
+    """A claim's arm or reference: a point label, (position-matched studies) its position among the arms, or
+    candidate labels, of which the first the study ran (a scale may run its own version of an arm)."""
     if isinstance(key, int):
         return report.arms[key] if 0 <= key < len(report.arms) else None
+    if isinstance(key, tuple):
+        return next((label for label in key if label in report.arms), None)
     return key if key in report.arms else None
 
 
