@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.machine import usable_cores
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -89,7 +91,7 @@ def main() -> None:
     parser.add_argument("--corpus", default="corpora/reuters.jsonl", help="a JSON Lines corpus under --data-dir")
     parser.add_argument("--sizes", default="1,4,16,64", help="how many times over the corpus is written")
     parser.add_argument("--segmenter", default="sentencex", choices=("pysbd", "sentencex", "newline"))
-    parser.add_argument("--num-proc", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--num-proc", type=int, default=usable_cores())
     parser.add_argument("--packing", default="full_sentences")
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--work", type=Path, default=Path("/tmp/data_scale"))

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from harness.machine import usable_cores
+
 TINY = {"corpus.path": "corpora/wikitext-2-raw/wiki.valid.raw", "corpus.max_documents": 12,
         "corpus.validation_fraction": 0.25, "tokenizer.vocab_size": 1000, "data.max_seq_length": 64,
         "optim.batch_size": 8, "budget.val_max_examples": 32, "logging.wandb": False, "impl.progress_bar": False}
@@ -58,7 +60,7 @@ def main() -> None:
                     "--set", "budget.val_every_steps=1")
         local = timed_sweep(grid_file, Path(tmp) / "local", args.data_dir, "--workers", "1")
         on_ray = timed_sweep(grid_file, Path(tmp) / "ray", args.data_dir, "--workers", "2", "--launcher", "ray")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     print(f"4 jobs ({args.steps} updates per pre-training run), {cores} cores:")
     print(f"  local launcher, 1 worker:        {local:7.1f} s")
     print(f"  Ray launcher, 2 workers (local): {on_ray:7.1f} s")

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from harness.config import PRESETS, RECIPES, HarnessError, RunConfig, dump_yaml, load_config
+from harness.machine import usable_cores
 
 
 def _add_config_args(parser: argparse.ArgumentParser, *, data: bool = True) -> None:
@@ -174,10 +174,6 @@ def _evaluate_args(command: argparse.ArgumentParser) -> None:
     command.add_argument("--results", type=Path, default=Path("results"), help="results root folder")
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def _sweep_args(command: argparse.ArgumentParser, grid: Path | None = None, workers: int = 1) -> None:
     if grid is None:
         command.add_argument("grid", type=Path, help="grid file (see experiments/ and the README)")
@@ -248,7 +244,7 @@ COMMANDS: list[Command] = [
     ("quickstart", cmd_quickstart, "the quickstart study: harness sweep experiments/quickstart.yaml, then its report",
      # two jobs at a time where there are two cores: the quickstart's jobs are small enough to share them
      lambda command: _sweep_args(command, grid=Path("experiments/quickstart.yaml"),
-                                 workers=min(2, _cores()))),
+                                 workers=min(2, usable_cores()))),
     ("report", cmd_report, "rebuild a study's tables, figures and report.md from its run directories",
      _report_args),
 ]

@@ -4,7 +4,6 @@ pre-training runs, zip rows, scales, nuisance selection by median over seeds, an
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -115,9 +114,9 @@ def test_quickstart_grid_compares_the_two_recipes(shared_data, tmp_path, capsys)
     sst2 = study.tasks["sst2"].settings
     assert (sst2.learning_rates, sst2.seeds, sst2.train_subsample) == ((1e-3,), (0,), 2000)
     from harness.cli import build_parser
+    from harness.machine import usable_cores
 
-    cores = len(os.sched_getaffinity(0))
-    assert build_parser().parse_args(["quickstart"]).workers == min(2, cores)
+    assert build_parser().parse_args(["quickstart"]).workers == min(2, usable_cores())
     assert build_parser().parse_args(["sweep", str(grid)]).workers == 1
 
 

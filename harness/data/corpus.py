@@ -51,6 +51,7 @@ from harness.data.documents import (
 from harness.data.packing import CorpusDocuments
 from harness.data.segment import segment_text, split_paragraphs, visible_chars
 from harness.data.tokenizer import build_tokenizer, obtain_tokenizer, tokenizer_digest
+from harness.machine import usable_cores
 from harness.paths import atomic_dir, cache_root
 
 if TYPE_CHECKING:
@@ -201,14 +202,11 @@ _DOCS_PER_PROCESS = 1000
 def _num_proc(config: RunConfig, documents: int | None = None) -> int | None:
     """The one place impl.num_proc is resolved: processes for a datasets.map over `documents` documents, None for
     one (no worker pool). A set value wins; null means the usable cores (this process's CPU affinity, which
-    containers and `taskset` narrow, else os.cpu_count()), at most one per _DOCS_PER_PROCESS documents. A caller
+    containers and `taskset` narrow: harness.machine), at most one per _DOCS_PER_PROCESS documents. A caller
     that does not pass the count gets one process unless impl.num_proc is set."""
-    import os
-
     processes = config.impl.num_proc
     if processes is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        processes = min(cores, (documents or 0) // _DOCS_PER_PROCESS)
+        processes = min(usable_cores(), (documents or 0) // _DOCS_PER_PROCESS)
     return processes if processes > 1 else None
 
 

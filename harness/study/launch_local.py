@@ -14,18 +14,12 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any
 
+from harness.machine import usable_cores
 from harness.study.worker import worker_main
 
 
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def threads_per_worker(workers: int, cores: int | None = None) -> int:
-    return max(1, (cores or available_cores()) // max(1, workers))
+    return max(1, (cores or usable_cores()) // max(1, workers))
 
 
 @dataclass

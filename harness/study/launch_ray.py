@@ -21,7 +21,7 @@ import ray
 import ray.exceptions
 
 from harness.config import HarnessError
-from harness.study.launch_local import available_cores
+from harness.machine import usable_cores
 
 # Forwarded into every task: a cluster's workers do not inherit the sweep's environment (caches, data, wandb).
 FORWARDED_ENV = ("HARNESS_", "WANDB_", "HF_")
@@ -71,7 +71,7 @@ class RayLauncher:
         self.owns_ray = not ray.is_initialized()
         if self.owns_ray:  # "local": always a fresh instance of our own, never a stray cluster found on the machine
             try:
-                ray.init(address=address or "local", num_cpus=None if address else available_cores(),
+                ray.init(address=address or "local", num_cpus=None if address else usable_cores(),
                          logging_level="WARNING", include_dashboard=False)
             except ConnectionError as err:
                 message = " ".join(str(err).split())
