@@ -1,4 +1,5 @@
-"""Sentence segmenters on the pipeline's paragraphs: speed, and agreement with pysbd (corpus.segmenter's default).
+"""Sentence segmenters on the pipeline's paragraphs: speed, and agreement with pysbd (corpus.segmenter's default until
+sentencex replaced it).
 
     python benchmarks/segmenters.py [--data-dir ../shared/data] [--corpus corpora/reuters.jsonl] [--max-documents 300]
         [--layout jsonl | wikitext]

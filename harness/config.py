@@ -70,10 +70,11 @@ class CorpusConfig(ConfigSection):
     encoding_errors: Literal["strict", "replace"] = Field(
         "strict", description="non-UTF-8 bytes in a local file: strict stops with file and line; replace substitutes"
     )
-    segmenter: Literal["pysbd", "sentencex", "newline"] = Field(
-        "pysbd", description="sentence splitter: pysbd (rule-based, English; the default), sentencex (compiled rules, "
-        "hundreds of times faster than pysbd, boundary F1 against pysbd 0.98 on Reuters, 0.97 on WikiText: "
-        "docs/fidelity.md) or newline (one sentence per line)"
+    segmenter: Literal["sentencex", "pysbd", "newline"] = Field(
+        "sentencex", description="sentence splitter: sentencex (compiled English rules; the default: about 90 MB/s "
+        "per core, 500x pysbd, boundary F1 against pysbd 0.98 on Reuters, 0.97 on WikiText: docs/fidelity.md), "
+        "pysbd (rule-based, pure Python, 0.17 MB/s per core; the default of the reference studies' runs) or newline "
+        "(one sentence per line)"
     )
     validation_fraction: float = Field(
         0.05, ge=0.0, lt=1.0, description="fraction of documents held out for validation (at least one if > 0)"
@@ -284,8 +285,8 @@ class ImplConfig(ConfigSection):
         None, ge=1, description="processes for datasets.map when segmenting and tokenizing the corpus (the output is "
         "the same for any value: map keeps row order); null = auto: the usable cores, but at most one per 1,000 "
         "documents, so a corpus under 2,000 documents is prepared in this process (starting a worker costs about "
-        "0.2-0.5 s, while pysbd segments about 150 documents a second per core: below that size it saves little or "
-        "nothing, and the tests build many tiny corpora)"
+        "0.2-0.5 s, about what one process takes to segment and tokenize 1,000 documents: below that size it saves "
+        "little or nothing, and the tests build many tiny corpora)"
     )
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = Field(
         "auto", description="Lightning precision; auto = bf16-mixed where bf16 matmuls are fast (GPUs with bf16, CPUs "

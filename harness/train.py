@@ -231,6 +231,7 @@ class TrainingPlan:
     static_copies: int | None  # None for dynamic masking
     expected_sequences: float
     precision: str  # resolved: impl.precision auto becomes bf16-mixed or 32-true
+    redraw: bool = False  # static copies re-draw their pairs (data.static_mode redraw)
 
     @property
     def passes(self) -> float:
@@ -261,7 +262,8 @@ def training_plan(config: RunConfig, data: PretrainDataModule) -> TrainingPlan:
                         rows_per_copy=data.rows_per_copy,
                         static_copies=data.static_copies if config.data.masking == "static" else None,
                         expected_sequences=data.expected_sequences,
-                        precision=resolve_precision(config.impl))
+                        precision=resolve_precision(config.impl),
+                        redraw=config.data.masking == "static" and config.data.static_mode == "redraw")
 
 
 def announce(run: RunDir, plan: TrainingPlan) -> None:
@@ -279,6 +281,10 @@ def announce(run: RunDir, plan: TrainingPlan) -> None:
             f"STATIC MASKING IN NAME ONLY: each of the {plan.static_copies} static masks of a sequence will be shown "
             f"{plan.static_mask_views:.2f} times on average (the paper: 4); below 2 it is close to dynamic masking. "
             "Set data.dupe_factor=auto (passes / 4) or train for more passes.")
+    if plan.redraw and plan.static_copies == 1:
+        rank_zero_warn("data.static_mode = redraw with one static copy is the same data as masks_only: the pairs are "
+                       "re-drawn per copy, so the two differ only from data.dupe_factor = 2 on (auto gives one copy "
+                       f"at {plan.passes:.2f} passes)")
 
 
 def _finish_wandb(trainer: pl.Trainer) -> None:

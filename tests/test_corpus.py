@@ -531,7 +531,8 @@ def test_sentencex_corpus_has_its_own_key_and_finds_most_of_pysbds_ends(shared_d
     import pysbd
 
     reuters = {"layout": "jsonl", "path": "corpora/reuters.jsonl", "max_documents": 30}
-    by_pysbd = build_corpus(_config(tmp_path, corpus=reuters, tokenizer={"vocab_size": 300}), shared_data)
+    by_pysbd = build_corpus(_config(tmp_path, corpus={**reuters, "segmenter": "pysbd"}, tokenizer={"vocab_size": 300}),
+                            shared_data)
     fast = build_corpus(_config(tmp_path, corpus={**reuters, "segmenter": "sentencex"},
                                 tokenizer={"vocab_size": 300}), shared_data)
     assert fast.cache_dir != by_pysbd.cache_dir and not fast.cache_hits.segments

@@ -252,8 +252,8 @@ def test_streaming_stops_at_max_documents_and_is_keyed_by_revision(tmp_path, mon
 
 
 def test_hub_streaming_keeps_run_ids_unless_set():
-    hub = {"path": None, "hub": "org/x", "layout": "jsonl"}
-    # ids computed by the config.py of commit 0965983, before corpus.hub_streaming existed
-    assert from_dict({}).run_id() == "f257c67247"
+    hub = {"path": None, "hub": "org/x", "layout": "jsonl", "segmenter": "pysbd"}
+    # ids computed by the config.py of commit 0965983, before corpus.hub_streaming existed (pysbd the default then)
+    assert from_dict({"corpus": {"segmenter": "pysbd"}}).run_id() == "f257c67247"
     assert from_dict({"corpus": hub}).run_id() == "0c71568d5e"
     assert from_dict({"corpus": {**hub, "hub_streaming": True}}).run_id() != "0c71568d5e"

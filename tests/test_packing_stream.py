@@ -60,7 +60,7 @@ def in_memory_build_packed():
 
 @pytest.fixture(scope="module")
 def reuters(shared_data, tmp_path_factory):
-    """The first 400 Reuters articles through the real corpus path (pysbd sentences, a BPE vocabulary)."""
+    """The first 400 Reuters articles through the real corpus path (sentencex sentences, a BPE vocabulary)."""
     from harness.data.corpus import build_corpus
 
     cache = tmp_path_factory.mktemp("stream-cache")

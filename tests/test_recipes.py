@@ -267,8 +267,11 @@ def test_googles_bert_gets_the_tanh_gelu_and_fairseqs_recipes_the_exact_one(reci
 
 def test_a_field_added_later_keeps_the_ids_of_runs_that_did_not_use_it():
     """model.activation came after runs were recorded: at its default the run id is what it was before (these ids
-    were computed by the code before the field existed), set away from it the id changes."""
-    assert load_config().run_id() == "f257c67247"
-    assert load_config(recipe="bert-reimpl").run_id() == "c0d8a5644e"
-    assert load_config(recipe="roberta", preset="base").run_id() == "b5e3f290e7"
-    assert load_config(overrides=["model.activation=gelu_tanh"]).run_id() != "f257c67247"
+    were computed by the code before the field existed, with pysbd, corpus.segmenter's default then), set away
+    from it the id changes. The default config's own id changed with the segmenter's default (sentencex)."""
+    pysbd = ["corpus.segmenter=pysbd"]
+    assert load_config(overrides=pysbd).run_id() == "f257c67247"
+    assert load_config(recipe="bert-reimpl", overrides=pysbd).run_id() == "c0d8a5644e"
+    assert load_config(recipe="roberta", preset="base", overrides=pysbd).run_id() == "b5e3f290e7"
+    assert load_config(overrides=[*pysbd, "model.activation=gelu_tanh"]).run_id() != "f257c67247"
+    assert load_config().run_id() == "450ef5475e"

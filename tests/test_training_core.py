@@ -106,6 +106,15 @@ def test_static_masks_shown_fewer_than_twice_warn_loudly(shared_data, tmp_path):
     assert metrics["static_mask_views"] < 2 and "static_mask_views" in metrics
 
 
+def test_a_redraw_of_one_static_copy_warns_that_it_is_masks_only(shared_data, tmp_path):
+    """Google's re-draw differs from masks-only copies only from two copies on: a grid comparing the two modes at
+    one copy (dupe_factor auto on a short budget) compares the same data, and the run says so."""
+    with pytest.warns(UserWarning, match="static_mode = redraw with one static copy is the same data as masks_only"):
+        metrics, _ = _run(shared_data, tmp_path, "data.masking=static", "data.static_mode=redraw",
+                          "data.dupe_factor=1", "optim.batch_size=8", "budget.max_steps=2")
+    assert metrics["dupe_factor"] == 1
+
+
 @pytest.mark.parametrize("batching", [["optim.batch_size=8"], ["optim.batch_tokens=384"]], ids=["count", "tokens"])
 def test_a_token_budget_becomes_the_updates_that_feed_that_many_real_tokens(shared_data, tmp_path, batching):
     metrics, curves = _run(shared_data, tmp_path, *batching, "budget.max_steps=null", "budget.max_tokens=4000")

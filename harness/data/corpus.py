@@ -1,11 +1,11 @@
 """Documents -> sentences -> token ids, cached by a hash of what shapes each stage.
 
-    documents (documents.py)  --segment (pysbd, slow)-->  cache_root()/segments/<hash>
+    documents (documents.py)  --segment (sentencex, or pysbd: slow)-->  cache_root()/segments/<hash>
         --tokenize (fast)-->  cache_root()/corpora/<hash>  = {train, validation}:
                               (doc_id, sentences as token ids, paragraph_ends, chars)
 
-Segmentation is cached apart from tokenization because pysbd is the slow step (about 120 Reuters articles per
-second per core): a new vocabulary size re-tokenizes the cached sentences but never re-segments. Each cache entry
+Segmentation is cached apart from tokenization because it can be the slow step (pysbd: about 120 Reuters articles
+per second per core): a new vocabulary size re-tokenizes the cached sentences but never re-segments. Each cache entry
 is built under its lock (harness.data.cache: one process builds, others wait and read) and written through
 `atomic_dir`, so an interrupted build never leaves a half-written entry; scratch Arrow files of the datasets library
 go to a temporary folder inside our cache, never to ~/.cache/huggingface.

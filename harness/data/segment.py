@@ -59,10 +59,10 @@ def segment_paragraph_sentencex(paragraph: str) -> list[str]:
 def segment_paragraphs(text: str, segmenter: Segmenter) -> list[list[str]]:
     """A document's paragraphs, each a list of its sentences (stripped, none empty; no paragraph empty).
 
-    pysbd: rule-based English segmentation of each paragraph (handles "Mr.", "U.S.", "Jan. 5.", quotes, ?!).
-    sentencex: the same per paragraph with sentencex's English rules (compiled, a few hundred times faster than
+    sentencex (the default): sentencex's English rules on each paragraph (compiled, a few hundred times faster than
     pysbd; it finds 99% of pysbd's sentence ends on Reuters and WikiText, boundary F1 0.98 and 0.97, as it also
     ends sentences where pysbd does not: benchmarks/segmenters.py, docs/fidelity.md).
+    pysbd: rule-based English segmentation of each paragraph (handles "Mr.", "U.S.", "Jan. 5.", quotes, ?!).
     newline: the text already holds one sentence per line; each non-empty line is a sentence, and blank lines
     separate paragraphs as for pysbd.
     """
