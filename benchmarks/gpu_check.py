@@ -339,7 +339,8 @@ def first_logged_step(metrics_csv: Path) -> int | None:
 def step_finetune(check: Check, record: dict[str, Any]) -> None:
     p = check.profile
     printed = last_json(run_command(check, record, "finetune", harness_command(
-        "finetune", "--checkpoint", check.model_dir, "--task", p.finetune_task, *sets(p.finetune_set),
+        "finetune", "--checkpoint", check.model_dir, "--task", p.finetune_task,
+        *sets([*p.finetune_set, "impl.wandb_mode=disabled"]),  # as the pre-training runs: no wandb logs to check
         "--data-dir", check.data_dir, "--results", check.results)))
     record["figures"] = {"task": printed["task"], "metric": printed["selection_metric"],
                          "score": round(printed["best"]["median"], 2), "learning_rate": printed["best_learning_rate"],
