@@ -155,7 +155,7 @@ def pretrain_command(check: Check, experiment: str, steps: int, extra: tuple[str
         f"experiment={experiment}", f"data.max_seq_length={SEQ_LEN}", f"tokenizer.vocab_size={p.vocab_size}",
         f"optim.batch_size={p.batch_size}", f"budget.max_steps={steps}", f"budget.val_every_steps={steps}",
         f"logging.log_every_steps={p.log_every}", "logging.wandb=false", "impl.progress_bar=false",
-        *p.pretrain_set, *extra]), "--data-dir", check.data_dir, "--results", check.results)
+        *p.pretrain_set, *check.args.set, *extra]), "--data-dir", check.data_dir, "--results", check.results)
 
 
 def run_command(check: Check, record: dict[str, Any], name: str, command: list[str]) -> str:
@@ -366,12 +366,15 @@ FIRST_STEPS = 2  # matmul_ceiling and pretrain run alone, before the others
 def run_steps(check: Check) -> None:
     """In STEPS order; the steps after FIRST_STEPS `profile.parallel` at a time (the CPU test only: on a GPU each
     step has the device to itself, or its figures would measure its neighbours)."""
+    chosen = [entry for entry in STEPS if not check.args.only or entry[0] in check.args.only]
     for name, *_ in STEPS:
-        check.steps[name] = {"status": "skipped", "seconds": 0.0, "commands": [], "figures": {}, "error": None}
-    for name, step, needs in STEPS[:FIRST_STEPS]:  # the ceiling on an idle device; pretrain builds the data caches
-        run_step(check, name, step, needs)
+        check.steps[name] = {"status": "skipped", "seconds": 0.0, "commands": [], "figures": {},
+                             "error": None if any(name == entry[0] for entry in chosen) else "not asked for (--only)"}
+    for entry in chosen:  # the ceiling on an idle device; pretrain builds the data caches
+        if entry in STEPS[:FIRST_STEPS]:
+            run_step(check, *entry)
     with ThreadPoolExecutor(max_workers=check.profile.parallel) as pool:
-        list(pool.map(lambda entry: run_step(check, *entry), STEPS[FIRST_STEPS:]))
+        list(pool.map(lambda entry: run_step(check, *entry), [e for e in chosen if e not in STEPS[:FIRST_STEPS]]))
 
 
 def run_step(check: Check, name: str, step: Step, needs: tuple[str, ...]) -> None:
@@ -424,7 +427,7 @@ def summary(check: Check, started: datetime) -> dict[str, Any]:
             "machine": machine(), "data_dir": str(check.data_dir),
             "profile": {"device": check.args.device, "preset": p.preset, "seq_len": SEQ_LEN,
                         "batch_size": p.batch_size, "updates": p.steps, "peak_bf16_tflops": check.peak_tflops,
-                        "steps_at_a_time": p.parallel},
+                        "steps_at_a_time": p.parallel, "pretrain_settings": list(check.args.set)},
             "steps": check.steps}
 
 
@@ -487,7 +490,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the shared data folder (default: $HARNESS_DATA_DIR, else ../shared/data)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the GPU's dense bf16 peak, for a GPU the datasheet table does not know")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for every pre-training run of the check (repeatable), e.g. impl.compile=true")
+    parser.add_argument("--only", default=None, metavar="STEP,...",
+                        help=f"run only these steps (a step that needs pretrain needs it listed); of: "
+                             f"{', '.join(STEP_NAMES)}")
     args = parser.parse_args(argv)
+    if args.only is not None:
+        args.only = [name.strip() for name in args.only.split(",") if name.strip()]
+        unknown = [name for name in args.only if name not in STEP_NAMES]
+        if unknown or not args.only:
+            parser.exit(2, f"gpu_check: --only {unknown[0] if unknown else '(empty)'} is not a step; allowed: "
+                           f"{', '.join(STEP_NAMES)}\n")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.exit(2, "gpu_check: no CUDA device (torch.cuda.is_available() is False); use --device cpu to run the "
                        "same steps at the tiny size\n")

@@ -129,3 +129,30 @@ def test_without_cuda_it_stops_in_one_line(tmp_path, tmp_path_factory):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "no CUDA device" in lines[0] and "--device cpu" in lines[0]
     assert not (tmp_path / "out").exists()  # before any work
+
+
+def test_only_some_steps_with_settings_for_the_pretraining_runs(tmp_path, tmp_path_factory, shared_data):
+    """`--only pretrain --set KEY=VALUE`: a speed setting tried on the lent GPU without the other steps; the run
+    carries the setting, the summary lists it, and every step not asked for says so."""
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--out", str(out), "--only", "pretrain",
+                           "--set", "optim.peak_lr=0.0025"], capture_output=True, text=True,
+                          env=script_env(tmp_path_factory, shared_data), timeout=600, cwd=REPO)
+    record = json.loads((out / "gpu_check.json").read_text())
+    assert done.returncode == 0 and record["ok"], done.stderr[-2000:]
+    assert record["steps"]["pretrain"]["status"] == "ok"
+    assert record["profile"]["pretrain_settings"] == ["optim.peak_lr=0.0025"]
+    others = {name: step for name, step in record["steps"].items() if name != "pretrain"}
+    assert {(s["status"], s["error"]) for s in others.values()} == {("skipped", "not asked for (--only)")}
+    config = (Path(record["steps"]["pretrain"]["figures"]["run_dir"]) / "config.yaml").read_text()
+    assert "peak_lr: 0.0025" in config
+    assert "--set optim.peak_lr=0.0025" in record["steps"]["pretrain"]["commands"][0]
+
+
+def test_only_an_unknown_step_stops_in_one_line(tmp_path, tmp_path_factory):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--out", str(tmp_path / "out"), "--only",
+                           "pretrain,finetuning"], capture_output=True, text=True,
+                          env=script_env(tmp_path_factory, None), timeout=120, cwd=REPO)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "--only finetuning is not a step; allowed:" in lines[0]
+    assert not (tmp_path / "out").exists()
