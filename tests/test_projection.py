@@ -101,7 +101,7 @@ def test_a_measured_throughput_of_the_same_model_is_used_as_is_and_rescaled_for_
     assert rate.for_run(2 * flops_per_token("base", 128, 30522)) == pytest.approx(250_000.0)
     study = load_grid(REPO / "experiments" / "table1_masking.yaml", "gpu", check_data=False)
     lines = projection_lines([(run.label, run.config) for run in study.runs], rate)
-    assert any(line.endswith(f"-> {52_428_800_000 / 500_000 / 3600:.1f} h") for line in lines), lines
+    assert any(line.endswith(f"-> {1_152_000 * 256 * 128 / 500_000 / 3600:.1f} h") for line in lines), lines
 
 
 def test_a_measurement_that_does_not_name_its_model_is_taken_as_each_runs_own(tmp_path):
