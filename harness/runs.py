@@ -178,9 +178,16 @@ def open_record(path: Path, config_file: str, config_text: str, outcome: dict[st
 def _refuse_unknown_contents(path: Path, config_file: str) -> None:
     # The config is written atomically first, so a directory with files but no config is not one of ours
     # (failed.json aside: a job may fail before its config is known, e.g. while loading its data; console.log: a
-    # sweep worker opens it before the job writes its config).
-    if path.is_dir() and any(p.name not in (FAILED_FILE, CONSOLE_FILE) for p in path.iterdir()):
-        raise RunDirError(f"run directory {path} has files but no {config_file}; move it away or delete it")
+    # sweep worker opens it before the job writes its config). A process killed inside that atomic write leaves its
+    # temporary file (.config.yaml.XXXXXXXX, harness.paths.atomic_write_text): ours, removed, and the run starts.
+    if not path.is_dir():
+        return
+    for leftover in path.glob(f".{config_file}.*"):
+        leftover.unlink(missing_ok=True)
+    unknown = sorted(p.name for p in path.iterdir() if p.name not in (FAILED_FILE, CONSOLE_FILE))
+    if unknown:
+        raise RunDirError(f"run directory {path} has files but no {config_file} (first: {unknown[0]}); move it away "
+                          "or delete it")
 
 
 def _refuse_other_config(path: Path, stored: dict[str, Any], wanted: dict[str, Any]) -> None:

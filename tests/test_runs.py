@@ -70,8 +70,20 @@ def test_foreign_directory_is_refused(tmp_path, config):
     path = run_dir(tmp_path, config)
     path.mkdir(parents=True)
     (path / "notes.txt").write_text("someone else's files")
-    with pytest.raises(RunDirError, match="no config.yaml"):
+    with pytest.raises(RunDirError, match=r"no config.yaml \(first: notes.txt\)"):
         prepare_run_dir(config, tmp_path)
+
+
+def test_a_kill_inside_the_configs_atomic_write_does_not_strand_the_run(tmp_path, config):
+    """SIGKILL between atomic_write_text's temporary file and its rename (a sweep killed as a job starts) leaves
+    .config.yaml.XXXXXXXX and no config: the next launch removes it and starts the run, as after no launch at all."""
+    path = run_dir(tmp_path, config)
+    path.mkdir(parents=True)
+    (path / ".config.yaml.k7d2q9ab").write_text("experiment: unit\nseed: 3\n")  # half-written, never renamed
+    (path / runs.CONSOLE_FILE).write_text("worker output\n")
+    run = prepare_run_dir(config, tmp_path)
+    assert run.status == "new" and run.config_path.read_text() == dump_yaml(config)
+    assert sorted(p.name for p in path.iterdir()) == sorted([runs.CONSOLE_FILE, "config.yaml", "env.json"])
 
 
 def test_resumable_when_a_last_checkpoint_exists(tmp_path, config):
