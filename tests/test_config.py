@@ -150,7 +150,8 @@ def shipped_checksums(shared_data: Path) -> dict[str, str]:
 def test_every_run_config_finds_its_data(path, shared_data):
     """Each experiments/configs/*.yaml (a grid's base config) names a corpus that is in the shared data, byte for
     byte the shipped file (its SHA-256 in SHA256SUMS), in the layout the config declares."""
-    from harness.data.documents import read_lines, source_identity, split_wikitext_articles
+    from harness.data.documents import source_identity
+    from harness.data.readers import read_lines, split_wikitext_articles
     from harness.paths import resolve_data_path
 
     config = load_config(path)

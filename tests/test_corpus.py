@@ -19,10 +19,12 @@ from harness.cli import main
 from harness.config import ConfigError, HarnessError, from_dict
 from harness.data import corpus as corpus_module
 from harness.data import documents as documents_module
+from harness.data import readers
 from harness.data import segment as segment_module
 from harness.data.cache import build_lock, lock_path
 from harness.data.corpus import CacheHits, build_corpus, split_stats
-from harness.data.documents import CorpusError, load_documents, split_wikitext_articles, validation_mask
+from harness.data.documents import CorpusError, load_documents, validation_mask
+from harness.data.readers import split_wikitext_articles
 from harness.data.segment import segment_text, split_paragraphs
 
 WIKI = "corpora/wikitext-2-raw"
@@ -135,7 +137,7 @@ def test_wikitext_test_split_keeps_the_formula_lines_as_text(shared_data, tmp_pa
     assert "= 1 rad / s and a nominal impedance k =" in filter_article
     assert "= = Prototype transformations = = =" not in filter_article
     lines = (shared_data / WIKI / "wiki.test.raw").read_text(encoding="utf-8").splitlines()
-    assert sum(documents_module._is_title(line.strip()) for line in lines) == 62  # the README's naive count
+    assert sum(readers._is_title(line.strip()) for line in lines) == 62  # the README's naive count
 
 
 def test_max_documents_takes_the_first_documents(shared_data, tmp_path):

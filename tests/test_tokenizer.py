@@ -12,7 +12,8 @@ from transformers import AutoTokenizer
 
 from harness.config import ConfigError, from_dict, load_config
 from harness.data import tokenizer as tokenizer_module
-from harness.data.documents import split_wikitext_articles, validation_mask
+from harness.data.documents import validation_mask
+from harness.data.readers import split_wikitext_articles
 from harness.data.segment import split_paragraphs
 from harness.data.tokenizer import SPECIAL_TOKENS, build_tokenizer, load_tokenizer, train_tokenizer
 

@@ -45,10 +45,10 @@ from harness.data.documents import (
     load_documents,
     quiet_progress,
     source_identity,
-    split_wikitext_articles,
     validation_mask,
 )
 from harness.data.packing import CorpusDocuments
+from harness.data.readers import split_wikitext_articles
 from harness.data.segment import segment_text, split_paragraphs, visible_chars
 from harness.data.tokenizer import build_tokenizer, obtain_tokenizer, tokenizer_digest
 from harness.machine import usable_cores
