@@ -263,7 +263,7 @@ def training_plan(config: RunConfig, data: PretrainDataModule) -> TrainingPlan:
                         static_copies=data.static_copies if config.data.masking == "static" else None,
                         expected_sequences=data.expected_sequences,
                         precision=resolve_precision(config.impl),
-                        redraw=config.data.masking == "static" and config.data.static_mode == "redraw")
+                        redraw=data.redraw)
 
 
 def announce(run: RunDir, plan: TrainingPlan) -> None:
@@ -282,9 +282,9 @@ def announce(run: RunDir, plan: TrainingPlan) -> None:
             f"{plan.static_mask_views:.2f} times on average (the paper: 4); below 2 it is close to dynamic masking. "
             "Set data.dupe_factor=auto (passes / 4) or train for more passes.")
     if plan.redraw and plan.static_copies == 1:
-        rank_zero_warn("data.static_mode = redraw with one static copy is the same data as masks_only: the pairs are "
-                       "re-drawn per copy, so the two differ only from data.dupe_factor = 2 on (auto gives one copy "
-                       f"at {plan.passes:.2f} passes)")
+        rank_zero_warn("data.static_mode = redraw with one static copy is the same data as masks_only: the pairs "
+                       "are re-drawn per copy, so the two differ only from two copies on (data.dupe_factor; "
+                       f"{plan.passes:.2f} passes over the data)")
 
 
 def _finish_wandb(trainer: pl.Trainer) -> None:

@@ -210,6 +210,7 @@ class PretrainDataModule(pl.LightningDataModule):
         self.train_examples: TrainExamples | None = None
         self.val_examples: ValidationExamples | None = None
         self.static_copies = 1  # set by build(), with rows_per_copy, total_updates and expected_sequences
+        self.redraw = False  # static copies re-draw their pairs (data.static_mode redraw, static masking only)
 
     # ---- building -------------------------------------------------------------------------------------
     def _plan(self, seed: int, copies: int) -> PackingPlan:
@@ -244,8 +245,8 @@ class PretrainDataModule(pl.LightningDataModule):
         self.rows_per_copy = len(first)
         self.total_updates, self.expected_sequences = self.budget.plan(first.lengths(), self.config.seed)
         self.static_copies = self._resolve_static_copies()
-        redraw = self.config.data.static_mode == "redraw"
-        plan = self._plan(self.config.seed, self.static_copies if redraw else 1)
+        self.redraw = self.config.data.masking == "static" and self.config.data.static_mode == "redraw"
+        plan = self._plan(self.config.seed, self.static_copies if self.redraw else 1)
         return first if plan.copies == 1 else self._pack("train", documents, plan)
 
     def _resolve_static_copies(self) -> int:
