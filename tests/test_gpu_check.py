@@ -131,6 +131,7 @@ def test_without_cuda_it_stops_in_one_line(tmp_path, tmp_path_factory):
     assert not (tmp_path / "out").exists()  # before any work
 
 
+@pytest.mark.slow  # a tiny pre-training run through the check's subprocesses: about 20 s
 def test_only_some_steps_with_settings_for_the_pretraining_runs(tmp_path, tmp_path_factory, shared_data):
     """`--only pretrain --set KEY=VALUE`: a speed setting tried on the lent GPU without the other steps; the run
     carries the setting, the summary lists it, and every step not asked for says so."""
