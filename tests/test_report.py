@@ -429,3 +429,36 @@ def test_the_committed_reports_have_the_columns_harness_report_writes_today(resu
     assert committed, "no committed report found under reports/"
     for path in committed:
         assert shared(pd.read_csv(path, nrows=0).columns) == today, f"{path}: regenerate with harness report"
+
+
+def test_a_pretraining_lr_search_names_each_groups_best_rate_and_an_edge(results, shared_data, tmp_path):
+    """A grid whose arms differ only in optim.peak_lr within each batch size (experiments/table3_lr_search.yaml's
+    shape), swept for real: `harness report` groups the arms by everything but the lr, marks each group's lowest
+    held-out bpc (read here straight from the run directories) as its choice, and says when it lies on the edge of
+    the group's rates."""
+    grid = {"name": "tiny_search", "base": {"preset": "tiny", "recipe": "roberta",
+                                            "set": {**TINY, "budget.max_steps": 2, "budget.val_every_steps": 2}},
+            "zip": {"optim.batch_size": [8, 8, 8, 4, 4], "optim.peak_lr": [1e-4, 1e-3, 1e-2, 1e-4, 1e-3]},
+            "seeds": {"pretrain": [0], "finetune": [0]}, "tasks": {}}
+    (tmp_path / "tiny_search.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
+    result = sweep(tmp_path / "tiny_search.yaml", results=tmp_path / "results", data_dir=shared_data,
+                   out=io.StringIO())
+    assert result.exit_status == 0, result.failures
+    folder = tmp_path / "results" / "tiny_search"
+    report = build_report(folder)
+    bpc = {j.run.point.label: json.loads((report.plan.path(j) / "final_metrics.json").read_text())["common_val_bpc"]
+           for j in report.plan.pretrain}
+    rows = {(row["group"], row["lr"]): row for row in report.search}
+    assert sorted(rows) == [("batch_size4", 1e-4), ("batch_size4", 1e-3), ("batch_size8", 1e-4),
+                            ("batch_size8", 1e-3), ("batch_size8", 1e-2)]
+    for group, rates in (("batch_size8", (1e-4, 1e-3, 1e-2)), ("batch_size4", (1e-4, 1e-3))):
+        values = {lr: bpc[f"{group}-peak_lr{lr:g}"] for lr in rates}
+        best = min(values, key=values.get)
+        assert [lr for lr in rates if rows[(group, lr)]["best"]] == [best]
+        assert rows[(group, best)]["bpc"] == pytest.approx(values[best])
+        assert rows[(group, best)]["edge"] == (best in (min(rates), max(rates)))
+    assert main(["report", str(folder), "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "tiny_search" / "report.md").read_text()
+    assert "## Pre-training learning-rate search" in text and "Chosen: batch_size8 -> " in text
+    # a study whose arms do not differ in their lr alone has no search section
+    assert build_report(results / "tiny_report").search == []

@@ -69,6 +69,7 @@ class StudyReport:
     anchors: dict[str, dict[str, float]] = field(default_factory=dict)  # column -> published model -> score
     flags: list[dict[str, Any]] = field(default_factory=list)  # per arm: what qualifies its comparisons
     claims: Any = None  # one row per (paper claim, column): difference, interval, verdict (harness.report.claims)
+    search: list[dict[str, Any]] = field(default_factory=list)  # a pre-training lr search: one row per (group, lr)
 
     @property
     def baseline(self) -> str | None:
@@ -143,7 +144,47 @@ def build_report(folder: str | Path) -> StudyReport:
     report.comparisons = pd.DataFrame(_comparisons(report))
     report.signal = pd.DataFrame(_signal(report))
     report.claims = pd.DataFrame(claim_rows(report))
+    report.search = lr_search_rows(report)
     return report
+
+
+SEARCHED = "optim.peak_lr"
+
+
+def lr_search_rows(report: StudyReport) -> list[dict[str, Any]]:
+    """A search over the pre-training peak lr (experiments/table3_lr_search.yaml): arms that differ only in
+    `optim.peak_lr` form a group; per group and lr, the held-out bits per character (mean over pre-training seeds),
+    the best (lowest) of the group, and whether the best is the group's smallest or largest lr (then the search
+    should be widened: the optimum may lie outside it). Empty when no two arms differ only in their lr."""
+    groups: dict[str, list[Any]] = {}
+    for point in report.study.points:
+        if point.baseline or SEARCHED not in point.values:
+            continue
+        rest = {k: v for k, v in point.values.items() if k != SEARCHED}
+        key = yaml.safe_dump(rest, sort_keys=True)
+        groups.setdefault(key, []).append(point)
+    cells = report.cells.set_index(["point", "column"]) if len(report.cells) else None
+    rows = []
+    for points in groups.values():
+        rates = sorted({float(p.values[SEARCHED]) for p in points})
+        if len(rates) < 2:
+            continue
+        cut = value_label(SEARCHED, points[0].values[SEARCHED])
+        group = "-".join(part for part in points[0].label.split("-") if part != cut) or "all"
+        found = []
+        for point in points:
+            cell = cells.loc[(point.label, "bpc")] if cells is not None else None
+            bpc = cell["mean"] if cell is not None and cell["n"] else None
+            found.append({"group": group, "point": point.label, "lr": float(point.values[SEARCHED]),
+                          "bpc": None if bpc is None else float(bpc), "n": 0 if cell is None else int(cell["n"]),
+                          "expected": 0 if cell is None else int(cell["expected"]), "best": False, "edge": False})
+        done = [r for r in found if r["bpc"] is not None]
+        if done:
+            best = min(done, key=lambda r: r["bpc"])
+            best["best"] = True
+            best["edge"] = best["lr"] in (rates[0], rates[-1])
+        rows += sorted(found, key=lambda r: r["lr"])
+    return rows
 
 
 def trivial_scores(study: Study, data_dir: str | Path | None, problems: list[str]) -> dict[str, dict[str, Any]]:

@@ -279,6 +279,7 @@ def report_markdown(report: StudyReport, figures: list[Path], target: Path, comm
              f"- the sweep: `{_sweep_command(report)}`",
              f"- reference row: `{report.reference}`; {_cell_words(report)}", *_few_seeds_line(report), "",
              "## Our table", "", markdown_table(report), "",
+             *_search_section(report),
              "## Does pre-training show at this scale?", "", signal_markdown(report), "",
              "## The paper", "", paper_markdown(report), "",
              "## The paper's claims at this scale", "", claims_markdown(report), "",
@@ -289,6 +290,29 @@ def report_markdown(report: StudyReport, figures: list[Path], target: Path, comm
              "## Missing and skipped", "", *_missing_lines(report), "",
              f"Tidy data: `pandas.read_csv('{target / 'tidy.csv'}')`; LaTeX: `table.tex`.", ""]
     return "\n".join(lines)
+
+
+def _search_section(report: StudyReport) -> list[str]:
+    """The pre-training lr search (harness.report.report.lr_search_rows), when the study is one: per group, each
+    lr's held-out bpc, the best marked, and a best on the edge of its group's rates called out."""
+    if not report.search:
+        return []
+    lines = ["## Pre-training learning-rate search", "",
+             "Arms that differ only in `optim.peak_lr`, grouped; each lr's held-out bits per character on the common "
+             "set (mean over its pre-training seeds; lower is better). The best of each group is the rate to run the "
+             "study at; a best on the edge of its group's rates means the optimum may lie outside the search: widen "
+             "it before using the rate.", "",
+             _md_row(["group", "peak lr", "bpc", "n", "choice"]), _md_row(["---"] * 5)]
+    for row in report.search:
+        choice = ("best, on the edge of the search: widen it" if row["edge"] else "best") if row["best"] else ""
+        bpc = "pending" if row["bpc"] is None else f"{row['bpc']:.4f}"
+        lines.append(_md_row([row["group"], f"{row['lr']:g}", bpc, f"{row['n']}/{row['expected']}", choice]))
+    chosen = [r for r in report.search if r["best"]]
+    groups = list(dict.fromkeys(r["group"] for r in report.search))
+    lines += ["", "Chosen: " + "; ".join(
+        next((f"{g} -> {r['lr']:g}" + (" (edge)" if r["edge"] else "") for r in chosen if r["group"] == g),
+             f"{g} -> pending") for g in groups), ""]
+    return lines
 
 
 def _digests(runs: Any) -> str:
