@@ -462,3 +462,25 @@ def test_a_pretraining_lr_search_names_each_groups_best_rate_and_an_edge(results
     assert "## Pre-training learning-rate search" in text and "Chosen: batch_size8 -> " in text
     # a study whose arms do not differ in their lr alone has no search section
     assert build_report(results / "tiny_report").search == []
+
+
+def test_a_grid_swept_from_another_checkout_is_named_as_this_checkouts_when_it_is_the_same_file(tmp_path,
+                                                                                                 monkeypatch):
+    """A sweep run from a second checkout records that checkout's grid path; the report names it as
+    experiments/<file> when the working directory holds the same bytes there, else by its recorded path."""
+    from types import SimpleNamespace
+
+    from harness.report.report_md import _grid_path
+
+    other = tmp_path / "worktree" / "experiments"
+    other.mkdir(parents=True)
+    (other / "t1.yaml").write_text("name: t1\n")
+    here = tmp_path / "checkout"
+    (here / "experiments").mkdir(parents=True)
+    (here / "experiments" / "t1.yaml").write_text("name: t1\n")
+    monkeypatch.chdir(here)
+    report = SimpleNamespace(source={"grid": str(other / "t1.yaml")})
+    assert _grid_path(report) == "experiments/t1.yaml"
+    (here / "experiments" / "t1.yaml").write_text("name: t1\nchanged: true\n")
+    assert _grid_path(report) == (other / "t1.yaml").as_posix()
+    assert _grid_path(SimpleNamespace(source={"grid": str(here / "experiments" / "t1.yaml")})) == "experiments/t1.yaml"

@@ -366,11 +366,18 @@ def _wall_clock(report: StudyReport) -> str:
 
 
 def _grid_path(report: StudyReport) -> str:
-    """The study's grid file, relative to the working directory where it lies below it."""
+    """The study's grid file, relative to the working directory where it lies below it, or where the working
+    directory holds the same file at the same place under its experiments/ (a sweep run from another checkout)."""
     grid = Path(str(report.source.get("grid")))
     try:
-        grid = grid.relative_to(Path.cwd())
+        return grid.relative_to(Path.cwd()).as_posix()
     except ValueError:
+        pass
+    here = Path("experiments") / grid.name
+    try:
+        if grid.parent.name == "experiments" and here.read_bytes() == grid.read_bytes():
+            return here.as_posix()
+    except OSError:
         pass
     return grid.as_posix()
 
