@@ -460,6 +460,8 @@ def test_a_pretraining_lr_search_names_each_groups_best_rate_and_an_edge(results
     assert main(["report", str(folder), "--out", str(tmp_path / "out")]) == 0
     text = (tmp_path / "out" / "tiny_search" / "report.md").read_text()
     assert "## Pre-training learning-rate search" in text and "Chosen: batch_size8 -> " in text
+    # a flag every arm shares is one line, not one per arm
+    assert text.count("updates (fewer than 1000)") == 1 and "- every arm: 2 updates (fewer than 1000)" in text
     # a study whose arms do not differ in their lr alone has no search section
     assert build_report(results / "tiny_report").search == []
 

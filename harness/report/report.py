@@ -629,23 +629,24 @@ def run_flags(report: StudyReport) -> list[dict[str, Any]]:
             continue
         slopes = [s for s in (last_tenth_change(Path(d)) for d in mine["run_dir"]) if s is not None]
         if slopes and -float(np.median(slopes)) > FALLING:
+            detail = (f"held-out perplexity still falling at the end ({100 * float(np.median(slopes)):+.1f}% over "
+                      "the last tenth of training, median over seeds): more updates could reorder it")
             rows.append({"point": point, "kind": "still falling", "columns": "all",
-                         "short": f"{point}'s curve still falling",
-                         "flag": f"{point}: held-out perplexity still falling at the end "
-                                 f"({100 * float(np.median(slopes)):+.1f}% over the last tenth of training, median "
-                                 "over seeds): more updates could reorder it"})
+                         "short": f"{point}'s curve still falling", "detail": detail, "flag": f"{point}: {detail}"})
         steps = mine["steps"].dropna() if "steps" in mine else []
         if len(steps) and float(np.median(steps)) < MIN_UPDATES:
+            detail = f"{int(np.median(steps))} updates (fewer than {MIN_UPDATES})"
             rows.append({"point": point, "kind": "few updates", "columns": "all",
-                         "short": f"{point}: {int(np.median(steps))} updates",
-                         "flag": f"{point}: {int(np.median(steps))} updates (fewer than {MIN_UPDATES})"})
+                         "short": f"{point}: {int(np.median(steps))} updates", "detail": detail,
+                         "flag": f"{point}: {detail}"})
         packing = mine["data.packing"].iloc[0] if "data.packing" in mine else None
         nsp = bool(mine["data.nsp"].iloc[0]) if "data.nsp" in mine else False
         if packing and (packing != COMMON_PACKING or nsp):
+            detail = (f"trains on {packing}{' with NSP' if nsp else ''}; the common held-out set is packed as "
+                      f"{COMMON_PACKING} without NSP")
             rows.append({"point": point, "kind": "held-out packing", "columns": "heldout",
-                         "short": f"held-out set packed unlike {point}'s input",
-                         "flag": f"{point} trains on {packing}{' with NSP' if nsp else ''}; the common held-out set "
-                                 f"is packed as {COMMON_PACKING} without NSP"})
+                         "short": f"held-out set packed unlike {point}'s input", "detail": detail,
+                         "flag": f"{point}: {detail}"})
     return rows + precision_flags(runs, report.arms)
 
 

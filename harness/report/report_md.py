@@ -242,7 +242,20 @@ def flags_markdown(report: StudyReport) -> str:
     if not report.flags:
         return "- none: every arm's held-out curve has flattened, each ran at least the minimum updates, and trains " \
                "on the held-out set's packing"
-    return "\n".join(f"- {row['flag']}" for row in report.flags)
+    # One line per flag, the arms it applies to named together (an lr search's nine arms share most flags).
+    lines: dict[str, list[str]] = {}
+    for row in report.flags:
+        if row.get("point") and row.get("detail"):
+            lines.setdefault(row["detail"], []).append(row["point"])
+        else:
+            lines.setdefault(row["flag"], [])
+    every = set(report.arms)
+    return "\n".join(f"- {_arms_named(points, every)}: {text}" if points else f"- {text}"
+                     for text, points in lines.items())
+
+
+def _arms_named(points: list[str], every: set[str]) -> str:
+    return "every arm" if len(points) > 1 and set(points) == every else ", ".join(points)
 
 
 def latex_table(report: StudyReport) -> str:
