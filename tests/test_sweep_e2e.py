@@ -132,6 +132,15 @@ def _launches(run: Path) -> int:
         return 0
 
 
+def _group_alive(group: int) -> bool:
+    """Whether any process of the process group (a sweep started in a session of its own, and its workers) lives."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _wait_for(predicate, process: subprocess.Popen, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -153,17 +162,25 @@ def test_killed_and_interrupted_sweeps_continue_with_the_same_results(workspace,
 
     sweep_process = harness(*args, cache=cache, start_new_session=True)
     _wait_for(first.is_file, sweep_process)
-    os.killpg(sweep_process.pid, signal.SIGKILL)  # the sweep and its workers, as a machine crash would
+    # the sweep alone, not its workers: the orphaned worker of the second run must leave it partial, not failed
+    # (its progress reports meet a broken pipe); a machine crash (the whole group) is the simpler case
+    sweep_process.kill()
     sweep_process.wait()
     stamp = first.stat().st_mtime_ns
     assert not second.is_file()
+    deadline = time.monotonic() + 30
+    while _group_alive(sweep_process.pid):  # the orphan notices within a second (broken pipe, or its parent gone)
+        assert time.monotonic() < deadline, "an orphaned worker outlived its sweep by 30 s"
+        time.sleep(0.2)
+    assert not (second.parent / "failed.json").exists()
 
     launches = _launches(second.parent)
     interrupted = harness(*args, cache=cache)
     _wait_for(lambda: _launches(second.parent) > launches, interrupted)  # its worker has taken up the second run
-    interrupted.send_signal(signal.SIGINT)  # Ctrl-C
+    interrupted.send_signal(signal.SIGTERM)  # `kill`, or a batch system's stop: the sweep stops as on Ctrl-C
     _, err = interrupted.communicate(timeout=60)
     assert interrupted.returncode == 130 and "run the same command to continue" in err
+    assert not (second.parent / "failed.json").exists()
 
     finished = harness(*args, cache=cache)
     out, err = finished.communicate(timeout=300)

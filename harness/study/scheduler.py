@@ -13,6 +13,7 @@ Ctrl-C stops the workers (cancels the Ray tasks); the interrupted jobs are parti
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -149,8 +150,10 @@ def start_launcher(kind: str, slots: int, workers: int, address: str | None) -> 
 
 def run_jobs(plan: Plan, todo: list[Job], workers: int, result: SweepResult, display: Display,
              kind: str = "local", address: str | None = None, verbose: bool = False) -> None:
-    """Feed ready jobs to idle workers until none is left; record failures; Ctrl-C stops cleanly."""
+    """Feed ready jobs to idle workers until none is left; record failures; Ctrl-C or SIGTERM (`kill`, a batch
+    system's stop) stops cleanly: the running jobs are left partial, never failed."""
     launcher, pending, paths = None, list(todo), {}
+    previous = _stop_on_sigterm()
     try:
         launcher = start_launcher(kind, min(workers, len(todo)), workers, address)
         threads = launcher.threads
@@ -174,7 +177,22 @@ def run_jobs(plan: Plan, todo: list[Job], workers: int, result: SweepResult, dis
         print("\ninterrupted: the running jobs are left partial; run the same command to continue",
               file=sys.stderr)
         return
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     launcher.shutdown()
+
+
+def _stop_on_sigterm() -> Any:
+    """SIGTERM raises KeyboardInterrupt in the sweep (the main thread only), so it stops its workers as Ctrl-C does;
+    returns the handler it replaced (None where it cannot set one)."""
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread
+        return None
 
 
 def _next_ready(plan: Plan, pending: list[Job], result: SweepResult) -> Job | None:

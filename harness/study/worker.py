@@ -39,7 +39,20 @@ def worker_main(conn: Any, threads: int, parent_pid: int) -> None:
             return
         if job is None:
             return
-        conn.send(run_payload(job, lambda step, total, name=job["name"]: conn.send(("progress", name, step, total))))
+        conn.send(run_payload(job, _progress(conn, job["name"])))
+
+
+def _progress(conn: Any, name: str) -> Any:
+    """The job's progress callback. When the sweep has gone (killed, or stopped without stopping its workers) the
+    pipe is broken: the worker exits at once, so the job is left partial (it resumes from its last checkpoint) and
+    is never recorded as a failure of its own."""
+    def report(step: int, total: int) -> None:
+        try:
+            conn.send(("progress", name, step, total))
+        except (BrokenPipeError, ConnectionResetError, EOFError):
+            os._exit(1)
+
+    return report
 
 
 def limit_threads(threads: int) -> None:
