@@ -294,9 +294,9 @@ def test_each_scale_of_the_quickstart_describes_itself():
 @pytest.mark.parametrize("scale", ["quick", "cpu"])
 def test_table3s_lr_search_covers_its_rows_and_names_each_rate(scale, shared_data):
     """experiments/table3_lr_search.yaml runs each row of Table 3 (same batch, updates and betas, one seed) at three
-    peak lrs (four to six at the cpu scale), and Table 3's lr for the row is one of them. Its zip repeats a batch size, so
-    the points are named by batch size and lr (a zip whose first field tells its rows apart keeps its one-field
-    names)."""
+    peak lrs (four to six at the cpu scale), and Table 3's lr for the row is one of them. Its zip repeats a batch
+    size, so the points are named by batch size and lr (a zip whose first field tells its rows apart keeps its
+    one-field names)."""
     search = load_grid(REPO / "experiments" / "table3_lr_search.yaml", scale, data_dir=shared_data)
     table3 = load_grid(REPO / "experiments" / "table3_batch_size.yaml", scale, data_dir=shared_data)
     assert [p.label for p in search.points][:3] == ["batch_size8-peak_lr0.00025", "batch_size8-peak_lr0.0005",
