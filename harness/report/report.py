@@ -401,7 +401,7 @@ def _tidy_rows(plan: Plan, problems: list[str]) -> list[dict[str, Any]]:
                 added += 1
         if not added:  # a run without fine-tuning results still carries its held-out figures
             rows.append({**base, "task": None, "metric": None, "finetune_lr": None, "finetune_seed": None,
-                         "finetune_precision": None, "score": None})
+                         "finetune_precision": None, "score": None, "lr_grid": None})
     return rows
 
 
