@@ -284,7 +284,7 @@ def test_plan_counts_partial_and_failed_jobs_and_estimates_time(tmp_path, shared
 
 def test_each_scale_of_the_quickstart_describes_itself():
     """The report's header is the grid's description: the quickstart's said "WikiText-2, an SST-2 subset" at every
-    scale, also at cpu (Reuters-21578, four GLUE tasks) and paper (BERT-base)."""
+    scale, also at cpu (Reuters-21578, SST-2 and BLiMP) and paper (BERT-base)."""
     grid = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.yaml"
     descriptions = {scale: load_grid(grid, scale, check_data=False).description for scale in ("quick", "cpu", "paper")}
     assert "WikiText-2" in descriptions["quick"] and "Reuters-21578" in descriptions["cpu"]
