@@ -231,7 +231,7 @@ def check_run_data(run: RunDir, identity: dict[str, str]) -> None:
     """The data of a pre-training run, by content (corpus_digest, tokenizer_digest): a launch that starts from
     scratch records it in env.json ("data"); a relaunch that resumes from a checkpoint and finds other data is
     refused, for resuming on other documents or other token ids would mix two experiments (a corpus edited between
-    launches; a tokenizer retrained differently in a fresh cache, see huggingface/tokenizers#1794). A run recorded
+    launches; a tokenizer retrained differently in a fresh cache, by another tokenizers release). A run recorded
     before this field existed gets it at its next launch."""
     env_path = run.path / ENV_FILE
     record = json.loads(env_path.read_text(encoding="utf-8"))

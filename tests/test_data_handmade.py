@@ -149,16 +149,15 @@ def test_validation_fraction_zero_trains_on_every_document_without_validation_ba
     assert next(iter(data.train_dataloader()))["input_ids"].shape[0] == 2
 
 
-# BPE only. On this toy corpus the WordPiece trainer breaks ties between equally frequent merges in hash-map order
-# (huggingface/tokenizers#1794), so even the SET of pieces differs now and then: in 20 trainings on these documents,
-# three agreed about once in 7, and the strict xfail that stood here then passed and failed the suite.
-# test_tokenizer.py::test_wordpiece_trainer_breaks_ties_at_the_cut_off_by_chance shows the upstream behaviour on a
-# corpus where it always shows, and fails once tokenizers fixes it.
-def test_the_same_settings_train_the_same_vocabulary_in_a_fresh_cache(corpus_path, tmp_path):
+# WordPiece too: upstream its trainer broke ties between equally frequent merges in hash-map order
+# (huggingface/tokenizers#1794), and on this toy corpus three trainings agreed about once in 7; harness now hands the
+# trainer its alphabet and '##' pieces in sorted order (tokenizer.train_wordpiece).
+@pytest.mark.parametrize("tokenizer", [BPE, WORDPIECE], ids=["bpe", "wordpiece"])
+def test_the_same_settings_train_the_same_vocabulary_in_a_fresh_cache(corpus_path, tmp_path, tokenizer):
     """Runs on two machines (two caches) must see the same token ids."""
     vocabularies = []
     for attempt in range(3):
-        config = handmade_config(corpus_path, tmp_path / f"cache-{attempt}", *BPE)
+        config = handmade_config(corpus_path, tmp_path / f"cache-{attempt}", *tokenizer)
         data = build_datamodule(config, resolve_recipe(config))
         data.setup("fit")
         vocabularies.append(data.tokenizer.get_vocab())

@@ -72,7 +72,7 @@ TEXTS = ["The lobster, known as Homarus gammarus, is large.", "Prices rose 3.5 p
          "Café in Zürich – naïve résumé."]
 # What the cased WordPiece tokenizer trained on WikiText-2's validation articles gives back for non-ASCII text. Accents
 # stay (BertNormalizer strips them only when lowercasing, as BERT-cased). Its alphabet is the corpus's 100 most
-# frequent characters (`_wordpiece_alphabet`): é, ü, ö, – and — are among them; Ü, ï, the CJK characters and the emoji
+# frequent characters (`_wordpiece_symbols`): é, ü, ö, – and — are among them; Ü, ï, the CJK characters and the emoji
 # never occur in the corpus. A word holding a character outside the alphabet becomes one [UNK]; each CJK character is
 # a word of its own.
 WORDPIECE_DECODED = {
@@ -184,39 +184,37 @@ def test_tokenizer_path_that_is_not_a_tokenizer_is_a_one_line_error(tmp_path):
     assert "not a saved tokenizer folder" in str(err.value) and "\n" not in str(err.value)
 
 
-def test_wordpiece_ids_are_nearly_reproducible_on_a_real_corpus(shared_data):
-    """The trainer numbers '##' pieces in hash-map order (tokenizers#1794): 331 of 2,000 ids moved between two
-    trainings before harness renumbered the vocabulary and chose the alphabet itself. What is left is upstream:
-    now and then two merges tie at the vocabulary cut-off and one piece differs (about 1 training in 4 here)."""
+def test_wordpiece_trains_the_same_vocabulary_every_time_on_a_real_corpus(shared_data):
+    """Upstream, the trainer numbers '##' pieces in hash-map order (huggingface/tokenizers#1794): 331 of 2,000 ids
+    moved between two trainings, and even after renumbering about 1 training in 4 learned a different piece. With the
+    alphabet and every '##' piece handed to the trainer in sorted order, three trainings agree on every id."""
     import json
 
     lines = (shared_data / "corpora" / "reuters.jsonl").read_text(encoding="utf-8").splitlines()[:300]
     texts = [json.loads(line)["text"] for line in lines]
-    first, second = (train_tokenizer(texts, "wordpiece", 2000, False, 2).get_vocab() for _ in range(2))
-    assert len(set(first) ^ set(second)) <= 2
-    assert sum(first[token] != second[token] for token in set(first) & set(second)) <= 60
-    assert [token for token, _ in sorted(first.items(), key=lambda kv: kv[1])][:5] == list(SPECIAL_TOKENS["wordpiece"])
+    first, *others = (train_tokenizer(texts, "wordpiece", 2000, False, 2) for _ in range(3))
+    assert all(other.get_vocab() == first.get_vocab() for other in others)
+    assert [token for token, _ in sorted(first.get_vocab().items(), key=lambda kv: kv[1])][:5] == list(
+        SPECIAL_TOKENS["wordpiece"])
+    # the '##' pieces and the alphabet were special only while training: text that spells one is ordinary text
+    assert set(first.all_special_tokens) == set(SPECIAL_TOKENS["wordpiece"])
+    assert len(first.backend_tokenizer.get_added_tokens_decoder()) == 5
+    assert first.tokenize("##s s") == first.tokenize("# # s s") != ["##s", "s"]
 
 
-def test_wordpiece_trainer_breaks_ties_at_the_cut_off_by_chance():
-    """A known upstream difference, shown where it always shows (huggingface/tokenizers#1794): the WordPiece trainer
-    numbers the word-initial characters in sorted order but the '##' pieces in hash-map order, and a tie between
-    equally frequent merges goes to the pair with the smaller ids. 128 two-letter words (a..h then i..x), 3 times
-    each: every merge has count 3, the 16 merges a + ##i .. a + ##x lead the tie, and a vocabulary with room for 8
-    merges keeps those whose '##' pieces happened to get the 8 smallest ids: 8 of 16, chosen afresh in each training
-    (12,870 possible sets; measured: 961 different sets in 1,000 trainings), so three trainings agree about once in
-    10^8 runs. harness renumbers the ids afterwards (`_renumbered_wordpiece`), which cannot bring back a piece the
-    trainer dropped. If this fails, tokenizers breaks ties reproducibly now: the WordPiece case of
-    test_data_handmade.py::test_the_same_settings_train_the_same_vocabulary_in_a_fresh_cache can come back."""
+def test_wordpiece_trainer_breaks_ties_the_same_way_every_time():
+    """Where the upstream trainer always differs (huggingface/tokenizers#1794): it numbers the word-initial
+    characters in sorted order but the '##' pieces in hash-map order, and a tie between equally frequent merges goes
+    to the pair with the smaller ids. 128 two-letter words (a..h then i..x), 3 times each: every merge has count 3,
+    the 16 merges a + ##i .. a + ##x lead the tie, and a vocabulary with room for 8 merges keeps those whose '##'
+    pieces have the 8 smallest ids. Upstream that was 8 of 16 chosen afresh in each training (961 different sets in
+    1,000 trainings); harness numbers the '##' pieces in sorted order, so every training keeps ai .. ap."""
     texts = [" ".join(f"{first}{second}" for first in "abcdefgh" for second in "ijklmnopqrstuvwx")] * 3
     room = len(SPECIAL_TOKENS["wordpiece"]) + 24 + 16 + 8  # specials, a..x, ##i..##x, then 8 merges
-    kept = []
     for _ in range(3):
         vocab = train_tokenizer(texts, "wordpiece", room, lowercase=False, min_frequency=2).get_vocab()
         merged = {token for token in vocab if len(token) == 2 and token.isalpha()}
-        assert len(vocab) == room and len(merged) == 8 and {token[0] for token in merged} == {"a"}, sorted(merged)
-        kept.append(frozenset(merged))
-    assert len(set(kept)) > 1, kept
+        assert len(vocab) == room and merged == {f"a{second}" for second in "ijklmnop"}, sorted(merged)
 
 
 # ---- tokenizer.train_sample_mb: a sample of a large corpus --------------------------------------------------------

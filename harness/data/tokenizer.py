@@ -37,7 +37,7 @@ SPECIAL_TOKENS: dict[str, tuple[str, ...]] = {
 }
 _MODEL_TYPES = {"BPE": "bpe", "WordPiece": "wordpiece"}
 # Bump when training changes in a way that changes the result: it is part of the cache key.
-TOKENIZER_VERSION = 3
+TOKENIZER_VERSION = 4  # 4: WordPiece trains reproducibly (train_wordpiece)
 SETTINGS_FILE = "harness-tokenizer.json"
 
 log = logging.getLogger(__name__)
@@ -65,24 +65,30 @@ def train_bpe(texts: Iterable[str], vocab_size: int, lowercase: bool, min_freque
     return RobertaTokenizer(tokenizer_object=backend, add_prefix_space=False)
 
 
-def _wordpiece_alphabet(texts: list[str], normalizer: Any, limit: int) -> list[str]:
-    """The `limit` most frequent characters, ties broken by the character itself. Without a cap the alphabet of a
-    multilingual corpus (WikiText) could use up a small vocabulary by itself; the trainer's own cap breaks ties at
-    the cut-off in hash-map order, so two trainings could keep different rare characters and learn different pieces.
-    Passed as the initial alphabet with limit_alphabet = its size, the choice is ours and reproducible."""
+def _wordpiece_symbols(texts: list[str], normalizer: Any, pre_tokenizer: Any, limit: int
+                       ) -> tuple[list[str], list[str]]:
+    """(alphabet, continuing pieces). The alphabet: the `limit` most frequent characters, ties broken by the
+    character itself. Without a cap the alphabet of a multilingual corpus (WikiText) could use up a small vocabulary
+    by itself; the trainer's own cap breaks ties at the cut-off in hash-map order, so two trainings could keep
+    different rare characters and learn different pieces. Passed as the initial alphabet with limit_alphabet = its
+    size, the choice is ours and reproducible. The continuing pieces: '##c' for each alphabet character that occurs
+    inside a word, in sorted order (see train_wordpiece)."""
     from collections import Counter
 
     counts: Counter[str] = Counter()
+    inside: set[str] = set()
     for text in texts:
-        counts.update(normalizer.normalize_str(text))
-    chars = sorted((c for c in counts if not c.isspace()), key=lambda c: (-counts[c], c))
-    return chars[:limit]
+        normalized = normalizer.normalize_str(text)
+        counts.update(normalized)
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalized):
+            inside.update(word[1:])
+    chars = sorted((c for c in counts if not c.isspace()), key=lambda c: (-counts[c], c))[:limit]
+    return chars, [f"##{c}" for c in sorted(inside.intersection(chars))]
 
 
 def _renumbered_wordpiece(vocab: dict[str, int], special: list[str], unk: str) -> Any:
-    """The WordPiece trainer learns the same pieces every time but numbers the '##' pieces in hash-map order
-    (huggingface/tokenizers#1794), so two runs of one recipe would disagree on token ids. Ids carry no meaning in
-    WordPiece: number the specials first, then every other piece in sorted order, and the ids are reproducible."""
+    """Ids carry no meaning in WordPiece: the specials first, then every other piece in sorted order, so that the
+    ids are the same wherever the same pieces were learned (the trainer numbers pieces in the order it met them)."""
     from tokenizers import models
 
     ordinary = sorted(token for token in vocab if token not in special)
@@ -102,12 +108,24 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool, min_
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.decoder = decoders.WordPiece(prefix="##")
     texts = list(texts)
-    alphabet = _wordpiece_alphabet(texts, backend.normalizer, limit=min(1000, max(100, vocab_size // 10)))
+    specials = [pad, unk, cls, sep, mask]
+    alphabet, continuing = _wordpiece_symbols(texts, backend.normalizer, backend.pre_tokenizer,
+                                              limit=min(1000, max(100, vocab_size // 10)))
+    # The trainer numbers the alphabet in code-point order, then creates a '##c' piece when it first meets c inside a
+    # word, walking the word counts in hash-map order, and breaks ties between equally frequent merges by the pieces'
+    # ids: two trainings on the same text could learn different pieces (huggingface/tokenizers#1794, open in
+    # tokenizers 0.23). It is handed the alphabet in its own order and then every '##c' it would create, sorted, as
+    # tokens it already knows ("special" tokens of the training only): every id and every tie is the same in every
+    # training, and the ids keep the trainer's own order (alphabet first), so its ties go the way they mostly went.
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
-                                        special_tokens=[pad, unk, cls, sep, mask], initial_alphabet=alphabet,
-                                        limit_alphabet=len(alphabet))
+                                        special_tokens=[*specials, *sorted(alphabet), *continuing],
+                                        initial_alphabet=alphabet, limit_alphabet=len(alphabet))
     backend.train_from_iterator(texts, trainer)
-    backend.model = _renumbered_wordpiece(backend.get_vocab(), special=[pad, unk, cls, sep, mask], unk=unk)
+    trained = backend
+    backend = Tokenizer(_renumbered_wordpiece(trained.get_vocab(), special=specials, unk=unk))
+    backend.normalizer, backend.pre_tokenizer, backend.decoder = (trained.normalizer, trained.pre_tokenizer,
+                                                                  trained.decoder)
+    backend.add_special_tokens(specials)  # not the '##c' pieces: those are ordinary pieces from here on
     ids = {token: backend.token_to_id(token) for token in (cls, sep)}
     backend.post_processor = processors.TemplateProcessing(
         single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1", special_tokens=list(ids.items())

@@ -445,7 +445,8 @@ DATA_DIGESTS = {"corpus_digest": ("corpus.",), "tokenizer_digest": ("corpus.", "
 
 def _data_changes(tidy: Any) -> list[str]:
     """Runs whose corpus (and tokenizer) settings are equal but whose documents or vocabularies were not: the
-    corpus was edited between runs, or WordPiece was retrained differently in another cache (tokenizers#1794). One
+    corpus was edited between runs, or a tokenizer was retrained differently in another cache (another tokenizers
+    release; before TOKENIZER_VERSION 4, WordPiece's ties in hash-map order, tokenizers#1794). One
     line per such group, for their comparison is not like for like. Runs recorded before the digests existed are
     not judged."""
     if not len(tidy):
