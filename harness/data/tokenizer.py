@@ -76,11 +76,14 @@ def _wordpiece_symbols(texts: list[str], normalizer: Any, pre_tokenizer: Any, li
     from collections import Counter
 
     counts: Counter[str] = Counter()
-    inside: set[str] = set()
+    spans: set[str] = set()  # each distinct run of non-space characters, pre-tokenized once below
     for text in texts:
         normalized = normalizer.normalize_str(text)
         counts.update(normalized)
-        for word, _ in pre_tokenizer.pre_tokenize_str(normalized):
+        spans.update(normalized.split())
+    inside: set[str] = set()
+    for span in spans:
+        for word, _ in pre_tokenizer.pre_tokenize_str(span):
             inside.update(word[1:])
     chars = sorted((c for c in counts if not c.isspace()), key=lambda c: (-counts[c], c))[:limit]
     return chars, [f"##{c}" for c in sorted(inside.intersection(chars))]
